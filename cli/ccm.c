@@ -1,0 +1,74 @@
+/*  ccm: the command line. Talks to the services only over the bus.         */
+
+#include "cli.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char s_help[] =
+    "usage: ccm COMMAND [ARGS] [--json]\n"
+    "\n"
+    "  up [--detach]                 start and supervise this machine's services\n"
+    "  down                          stop them\n"
+    "  status                        show the services and task counts\n"
+    "  config                        show every setting, its value and its CCM_* variable\n"
+    "  project add NAME PATH         register a project\n"
+    "  project list\n"
+    "  task add [--project P] [--priority low|normal|high|urgent]\n"
+    "           [--type worker|supervisory|manager] -- PROMPT...\n"
+    "                                submit a task; prints its id\n"
+    "  task list [--status S] [--project P] [--limit N]\n"
+    "  task show ID                  a task and its events (ID: a unique prefix works)\n"
+    "  task cancel ID\n"
+    "  events [--since SEQ] [--follow] [--task ID]\n"
+    "\n"
+    "Every listing takes --json. CCM_HOME (default ~/.ccm) selects the instance.\n";
+
+static const struct {
+    const char *name;
+    int (*run) (cli_t *cli, int argc, char **argv);
+} s_commands[] = {
+    {"up", cli_cmd_up},           {"down", cli_cmd_down},       {"status", cli_cmd_status},
+    {"config", cli_cmd_config},   {"project", cli_cmd_project}, {"task", cli_cmd_task},
+    {"events", cli_cmd_events},
+};
+
+int
+main (int argc, char **argv)
+{
+    if (argc < 2 || strcmp (argv[1], "help") == 0 || strcmp (argv[1], "--help") == 0
+        || strcmp (argv[1], "-h") == 0) {
+        fputs (s_help, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    //  --json may stand anywhere before "--"; take it out of the arguments.
+    cli_t cli = {0};
+    int kept = 1;
+    bool after_dashes = false;
+    for (int i = 1; i < argc; i++) {
+        if (!after_dashes && strcmp (argv[i], "--json") == 0) {
+            cli.json = true;
+            continue;
+        }
+        if (strcmp (argv[i], "--") == 0)
+            after_dashes = true;
+        argv[kept++] = argv[i];
+    }
+    argc = kept;
+    char *error = NULL;
+    cli.config = ccm_config_load (NULL, &error);
+    if (!cli.config) {
+        int rc = cli_fail ("%s", error ? error : "cannot load config");
+        free (error);
+        return rc;
+    }
+    int rc = -1;
+    for (size_t i = 0; i < sizeof s_commands / sizeof s_commands[0]; i++)
+        if (strcmp (argv[1], s_commands[i].name) == 0)
+            rc = s_commands[i].run (&cli, argc - 2, argv + 2);
+    if (rc == -1)
+        rc = cli_usage ("unknown command '%s'", argv[1]);
+    ccm_config_destroy (&cli.config);
+    return rc;
+}

@@ -1,0 +1,428 @@
+/*  cli_tasks: ccm project, ccm task and ccm events.                        */
+
+#include "cli.h"
+
+#include "ccm_bus.h"
+
+#include <czmq.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+//  Returns the value after option argv[*i] or NULL (and a usage message).
+static const char *
+s_value (int argc, char **argv, int *i)
+{
+    if (*i + 1 >= argc) {
+        cli_usage ("%s needs a value", argv[*i]);
+        return NULL;
+    }
+    return argv[++*i];
+}
+
+static int
+s_project_add (cli_t *cli, int argc, char **argv)
+{
+    const char *name = NULL, *path = NULL, *repo_url = NULL;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp (argv[i], "--repo-url") == 0) {
+            if (!(repo_url = s_value (argc, argv, &i)))
+                return 2;
+        }
+        else if (!name)
+            name = argv[i];
+        else if (!path)
+            path = argv[i];
+        else
+            return cli_usage ("project add: unexpected argument '%s'", argv[i]);
+    }
+    if (!name || !path)
+        return cli_usage ("usage: ccm project add NAME PATH [--repo-url URL]");
+    //  The store wants an absolute path; resolve a relative one here.
+    char absolute[PATH_MAX];
+    if (!realpath (path, absolute))
+        return cli_fail ("project add: %s: %s", path, strerror (errno));
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "name", name);
+    cJSON_AddStringToObject (body, "path", absolute);
+    if (repo_url)
+        cJSON_AddStringToObject (body, "repo_url", repo_url);
+    cli_add_idem (body);
+    cJSON *reply;
+    int rc = cli_call (cli, "project.add", body, &reply);
+    cJSON_Delete (body);
+    if (rc)
+        return rc;
+    cJSON *project = cJSON_GetObjectItemCaseSensitive (reply, "project");
+    if (cli->json)
+        cli_print_json (project);
+    else
+        puts (cli_str (project, "id"));
+    cJSON_Delete (reply);
+    return 0;
+}
+
+static int
+s_project_list (cli_t *cli, int argc, char **argv)
+{
+    if (argc > 0)
+        return cli_usage ("project list: unexpected argument '%s'", argv[0]);
+    cJSON *body = cJSON_CreateObject ();
+    cJSON *reply;
+    int rc = cli_call (cli, "project.list", body, &reply);
+    cJSON_Delete (body);
+    if (rc)
+        return rc;
+    cJSON *projects = cJSON_GetObjectItemCaseSensitive (reply, "projects");
+    if (cli->json)
+        cli_print_json (projects);
+    else {
+        printf ("%-24s %-8s %s\n", "NAME", "ID", "PATH");
+        cJSON *project;
+        cJSON_ArrayForEach (project, projects) {
+            cli_print_cell (cli_str (project, "name"), 24);
+            printf (" %.8s %s\n", cli_str (project, "id"), cli_str (project, "path"));
+        }
+    }
+    cJSON_Delete (reply);
+    return 0;
+}
+
+int
+cli_cmd_project (cli_t *cli, int argc, char **argv)
+{
+    if (argc >= 1 && strcmp (argv[0], "add") == 0)
+        return s_project_add (cli, argc - 1, argv + 1);
+    if (argc >= 1 && strcmp (argv[0], "list") == 0)
+        return s_project_list (cli, argc - 1, argv + 1);
+    return cli_usage ("usage: ccm project add NAME PATH | ccm project list");
+}
+
+//  Joins argv words with single spaces; one word is taken byte for byte.
+static char *
+s_join (int argc, char **argv)
+{
+    size_t size = 1;
+    for (int i = 0; i < argc; i++)
+        size += strlen (argv[i]) + 1;
+    char *text = calloc (1, size);
+    for (int i = 0; text && i < argc; i++) {
+        if (i)
+            strcat (text, " ");
+        strcat (text, argv[i]);
+    }
+    return text;
+}
+
+static int
+s_task_add (cli_t *cli, int argc, char **argv)
+{
+    cJSON *body = cJSON_CreateObject ();
+    int i = 0;
+    for (; i < argc; i++) {
+        const char *option = argv[i], *key = NULL;
+        if (strcmp (option, "--") == 0) {
+            i++;
+            break;
+        }
+        if (strcmp (option, "--project") == 0)
+            key = "project";
+        else if (strcmp (option, "--priority") == 0)
+            key = "priority";
+        else if (strcmp (option, "--type") == 0)
+            key = "task_type";
+        else if (strncmp (option, "--", 2) == 0) {
+            cJSON_Delete (body);
+            return cli_usage ("task add: unknown option '%s'", option);
+        }
+        else
+            break;  //  the prompt starts here
+        const char *value = s_value (argc, argv, &i);
+        if (!value) {
+            cJSON_Delete (body);
+            return 2;
+        }
+        cJSON_DeleteItemFromObjectCaseSensitive (body, key);
+        cJSON_AddStringToObject (body, key, value);
+    }
+    if (i >= argc) {
+        cJSON_Delete (body);
+        return cli_usage ("usage: ccm task add [--project P] [--priority low|normal|high|urgent] "
+                          "[--type worker|supervisory|manager] -- PROMPT...");
+    }
+    char *prompt = s_join (argc - i, argv + i);
+    cJSON_AddStringToObject (body, "prompt", prompt);
+    free (prompt);
+    cli_add_idem (body);
+    cJSON *reply;
+    int rc = cli_call (cli, "task.add", body, &reply);
+    cJSON_Delete (body);
+    if (rc)
+        return rc;
+    cJSON *task = cJSON_GetObjectItemCaseSensitive (reply, "task");
+    if (cli->json)
+        cli_print_json (task);
+    else
+        puts (cli_str (task, "id"));
+    cJSON_Delete (reply);
+    return 0;
+}
+
+static int
+s_task_list (cli_t *cli, int argc, char **argv)
+{
+    cJSON *body = cJSON_CreateObject ();
+    for (int i = 0; i < argc; i++) {
+        const char *key = strcmp (argv[i], "--status") == 0    ? "status"
+                          : strcmp (argv[i], "--project") == 0 ? "project"
+                          : strcmp (argv[i], "--limit") == 0   ? "limit"
+                                                               : NULL;
+        const char *value = key ? s_value (argc, argv, &i) : NULL;
+        if (!value) {
+            cJSON_Delete (body);
+            return key ? 2 : cli_usage ("task list: unknown argument '%s'", argv[i]);
+        }
+        if (strcmp (key, "limit") == 0)
+            cJSON_AddNumberToObject (body, key, atof (value));
+        else
+            cJSON_AddStringToObject (body, key, value);
+    }
+    cJSON *reply;
+    int rc = cli_call (cli, "task.list", body, &reply);
+    cJSON_Delete (body);
+    if (rc)
+        return rc;
+    cJSON *tasks = cJSON_GetObjectItemCaseSensitive (reply, "tasks");
+    if (cli->json)
+        cli_print_json (tasks);
+    else {
+        printf ("%-8s  %-9s  %-6s  %-16s  %-19s  %s\n", "ID", "STATUS", "PRIO", "PROJECT",
+                "CREATED", "PROMPT");
+        cJSON *task;
+        cJSON_ArrayForEach (task, tasks) {
+            printf ("%.8s  %-9s  %-6s  ", cli_str (task, "id"), cli_str (task, "status"),
+                    cli_str (task, "priority"));
+            cli_print_cell (cli_str (task, "project"), 16);
+            printf ("  %.19s  ", cli_str (task, "created_at"));
+            cli_print_cell (cli_str (task, "prompt"), 60);
+            putchar ('\n');
+        }
+    }
+    cJSON_Delete (reply);
+    return 0;
+}
+
+static int
+s_task_show (cli_t *cli, int argc, char **argv)
+{
+    if (argc != 1)
+        return cli_usage ("usage: ccm task show ID");
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "task", argv[0]);
+    cJSON *reply;
+    int rc = cli_call (cli, "task.get", body, &reply);
+    cJSON_Delete (body);
+    if (rc)
+        return rc;
+    if (cli->json) {
+        cJSON_DeleteItemFromObjectCaseSensitive (reply, "v");
+        cJSON_DeleteItemFromObjectCaseSensitive (reply, "id");
+        cli_print_json (reply);
+        cJSON_Delete (reply);
+        return 0;
+    }
+    cJSON *task = cJSON_GetObjectItemCaseSensitive (reply, "task");
+    const char *fields[] = {"id",         "status",     "status_reason", "priority",
+                            "task_type",  "project",    "system_id",     "attempts",
+                            "created_at", "started_at", "completed_at",  NULL};
+    for (const char **f = fields; *f; f++) {
+        cJSON *item = cJSON_GetObjectItemCaseSensitive (task, *f);
+        if (cJSON_IsString (item))
+            printf ("%-14s %s\n", *f, item->valuestring);
+        else if (cJSON_IsNumber (item))
+            printf ("%-14s %d\n", *f, item->valueint);
+    }
+    printf ("prompt:\n%s\n", cli_str (task, "prompt"));
+    printf ("events:\n");
+    cJSON *event;
+    cJSON_ArrayForEach (event, cJSON_GetObjectItemCaseSensitive (reply, "events")) {
+        char *data = cJSON_PrintUnformatted (cJSON_GetObjectItemCaseSensitive (event, "event_data"));
+        printf ("  %s  %-10s %s\n", cli_str (event, "created_at"), cli_str (event, "event_type"),
+                data ? data : "");
+        free (data);
+    }
+    cJSON_Delete (reply);
+    return 0;
+}
+
+static int
+s_task_cancel (cli_t *cli, int argc, char **argv)
+{
+    if (argc != 1)
+        return cli_usage ("usage: ccm task cancel ID");
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "task", argv[0]);
+    cJSON_AddStringToObject (body, "reason", "cancelled from the CLI");
+    cli_add_idem (body);
+    cJSON *reply;
+    int rc = cli_call (cli, "task.cancel", body, &reply);
+    cJSON_Delete (body);
+    if (rc)
+        return rc;
+    cJSON *task = cJSON_GetObjectItemCaseSensitive (reply, "task");
+    if (cli->json)
+        cli_print_json (task);
+    else
+        printf ("%s %s\n", cli_str (task, "id"), cli_str (task, "status"));
+    cJSON_Delete (reply);
+    return 0;
+}
+
+int
+cli_cmd_task (cli_t *cli, int argc, char **argv)
+{
+    const char *sub = argc >= 1 ? argv[0] : "";
+    if (strcmp (sub, "add") == 0)
+        return s_task_add (cli, argc - 1, argv + 1);
+    if (strcmp (sub, "list") == 0)
+        return s_task_list (cli, argc - 1, argv + 1);
+    if (strcmp (sub, "show") == 0)
+        return s_task_show (cli, argc - 1, argv + 1);
+    if (strcmp (sub, "cancel") == 0)
+        return s_task_cancel (cli, argc - 1, argv + 1);
+    return cli_usage ("usage: ccm task add|list|show|cancel ...");
+}
+
+static void
+s_print_event (cli_t *cli, cJSON *event, const char *text)
+{
+    if (cli->json) {
+        puts (text);
+    }
+    else {
+        char *data = cJSON_PrintUnformatted (cJSON_GetObjectItemCaseSensitive (event, "data"));
+        cJSON *seq = cJSON_GetObjectItemCaseSensitive (event, "seq");
+        printf ("%-8.0f %s  %-22s %.8s  %s\n", cJSON_IsNumber (seq) ? seq->valuedouble : 0,
+                cli_str (event, "ts"), cli_str (event, "topic"), cli_str (event, "task_id"),
+                data ? data : "");
+        free (data);
+    }
+    fflush (stdout);
+}
+
+//  Replays events after *last (filtered by task) and prints them; returns 0 or 1.
+static int
+s_replay (cli_t *cli, int64_t *last, const char *task)
+{
+    while (true) {
+        cJSON *body = cJSON_CreateObject ();
+        cJSON_AddNumberToObject (body, "seq", (double) *last);
+        cJSON_AddNumberToObject (body, "limit", 5000);
+        if (task)
+            cJSON_AddStringToObject (body, "task", task);
+        cJSON *reply;
+        int rc = cli_call (cli, "events.since", body, &reply);
+        cJSON_Delete (body);
+        if (rc)
+            return rc;
+        cJSON *event;
+        cJSON_ArrayForEach (event, cJSON_GetObjectItemCaseSensitive (reply, "events")) {
+            char *text = cJSON_PrintUnformatted (event);
+            s_print_event (cli, event, text ? text : "{}");
+            free (text);
+            *last = (int64_t) cJSON_GetObjectItemCaseSensitive (event, "seq")->valuedouble;
+        }
+        bool more = cJSON_IsTrue (cJSON_GetObjectItemCaseSensitive (reply, "more"));
+        //  With a task filter the replay may end before the head; move to it.
+        cJSON *head = cJSON_GetObjectItemCaseSensitive (reply, "last_seq");
+        if (!more && task && cJSON_IsNumber (head) && head->valuedouble > *last)
+            *last = (int64_t) head->valuedouble;
+        cJSON_Delete (reply);
+        if (!more)
+            return 0;
+    }
+}
+
+int
+cli_cmd_events (cli_t *cli, int argc, char **argv)
+{
+    int64_t since = 0;
+    bool follow = false;
+    const char *task_ref = NULL;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp (argv[i], "--follow") == 0 || strcmp (argv[i], "-f") == 0)
+            follow = true;
+        else if (strcmp (argv[i], "--since") == 0) {
+            const char *value = s_value (argc, argv, &i);
+            char *end;
+            if (!value)
+                return 2;
+            since = strtoll (value, &end, 10);
+            if (*end || since < 0)
+                return cli_usage ("--since: '%s' is not a sequence number", value);
+        }
+        else if (strcmp (argv[i], "--task") == 0) {
+            if (!(task_ref = s_value (argc, argv, &i)))
+                return 2;
+        }
+        else
+            return cli_usage ("events: unknown argument '%s'", argv[i]);
+    }
+    //  Resolve a task prefix once, so live events can be matched exactly.
+    char task[64] = "";
+    if (task_ref) {
+        cJSON *body = cJSON_CreateObject ();
+        cJSON_AddStringToObject (body, "task", task_ref);
+        cJSON *reply;
+        int rc = cli_call (cli, "task.get", body, &reply);
+        cJSON_Delete (body);
+        if (rc)
+            return rc;
+        snprintf (task, sizeof task, "%s",
+                  cli_str (cJSON_GetObjectItemCaseSensitive (reply, "task"), "id"));
+        cJSON_Delete (reply);
+    }
+    //  Clone pattern: subscribe first, then replay, then read live, filling gaps.
+    zsock_t *sub = NULL;
+    if (follow) {
+        sub = ccm_bus_sub_connect (ccm_config_str (cli->config, "store.pub_endpoint"), "");
+        if (!sub)
+            return cli_fail ("cannot subscribe to %s",
+                             ccm_config_str (cli->config, "store.pub_endpoint"));
+        zclock_sleep (100);  //  let the subscription reach the publisher
+    }
+    int64_t last = since;
+    int rc = s_replay (cli, &last, task_ref ? task : NULL);
+    while (rc == 0 && follow && !zsys_interrupted) {
+        zmq_pollitem_t item = {zsock_resolve (sub), 0, ZMQ_POLLIN, 0};
+        if (zmq_poll (&item, 1, 500) <= 0)
+            continue;
+        zmsg_t *msg = zmsg_recv (sub);
+        if (!msg)
+            break;
+        zframe_t *topic = zmsg_pop (msg), *seq_frame = zmsg_pop (msg), *json = zmsg_pop (msg);
+        char *seq_text = seq_frame ? zframe_strdup (seq_frame) : NULL;
+        int64_t seq = seq_text ? strtoll (seq_text, NULL, 10) : 0;
+        if (seq > last + 1 && !task_ref)
+            rc = s_replay (cli, &last, NULL);  //  a gap: PUB dropped something
+        if (rc == 0 && json && seq == last + 1) {
+            char *text = zframe_strdup (json);
+            cJSON *event = cJSON_Parse (text);
+            last = seq;
+            if (event && (!task_ref || strcmp (cli_str (event, "task_id"), task) == 0))
+                s_print_event (cli, event, text);
+            cJSON_Delete (event);
+            free (text);
+        }
+        else if (rc == 0 && task_ref && seq > last)
+            rc = s_replay (cli, &last, task);
+        free (seq_text);
+        zframe_destroy (&topic);
+        zframe_destroy (&seq_frame);
+        zframe_destroy (&json);
+        zmsg_destroy (&msg);
+    }
+    zsock_destroy (&sub);
+    return rc;
+}

@@ -1,0 +1,458 @@
+/*  cli_up: ccm up, down, status and config.
+
+    `ccm up` is a small supervisor for one machine: it starts every ccm
+    service binary that sits next to the ccm binary (the store first, and
+    waits for it to answer), restarts any that dies with a growing delay, and
+    stops them all on SIGTERM/SIGINT. It holds a lock on run/ccm.pid, so two
+    supervisors never share one CCM_HOME. systemd units do the same job in
+    production (deploy/systemd).                                            */
+
+#include "cli.h"
+
+#include "ccm_bus.h"
+#include "ccm_id.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+//  The services in start order; those whose binary is absent are skipped.
+static const char *const s_services[] = {"store",    "router", "executor",
+                                         "hooks",    "sync",   "gateway"};
+#define S_NSERVICES (sizeof s_services / sizeof s_services[0])
+#define S_MAX_DELAY_MS 10000
+
+typedef struct {
+    char path[PATH_MAX + 64];
+    pid_t pid;
+    int64_t started_ms;
+    int64_t restart_at_ms;  //  0: not waiting for a restart
+    int64_t delay_ms;
+    int restarts;
+} s_service_t;
+
+static volatile sig_atomic_t s_stop = 0;
+
+static void
+s_on_signal (int sig)
+{
+    (void) sig;
+    s_stop = 1;
+}
+
+static void
+s_path (cli_t *cli, const char *name, char *buf, size_t len)
+{
+    snprintf (buf, len, "%s/%s", ccm_config_home (cli->config), name);
+}
+
+//  Pings the store with a short timeout; returns its pid or 0.
+static long
+s_ping (cli_t *cli, cJSON **reply_p)
+{
+    const char *endpoint = ccm_config_str (cli->config, "store.endpoint");
+    if (ccm_bus_reachable (endpoint))
+        return 0;
+    ccm_client_t *client = ccm_client_new (endpoint, 1000, 0);
+    cJSON *body = cJSON_CreateObject (), *reply = NULL;
+    int rc = client ? ccm_client_call (client, "ping", body, &reply) : -1;
+    cJSON_Delete (body);
+    ccm_client_destroy (&client);
+    long pid = 0;
+    if (rc == 0) {
+        cJSON *item = cJSON_GetObjectItemCaseSensitive (reply, "pid");
+        pid = cJSON_IsNumber (item) ? (long) item->valuedouble : 0;
+    }
+    if (reply_p)
+        *reply_p = reply;
+    else
+        cJSON_Delete (reply);
+    return pid;
+}
+
+static int64_t
+s_now (void)
+{
+    return ccm_mono_ms ();
+}
+
+static void
+s_log (const char *format, ...) __attribute__ ((format (printf, 1, 2)));
+
+static void
+s_log (const char *format, ...)
+{
+    char now[25];
+    ccm_now_iso (now);
+    va_list args;
+    va_start (args, format);
+    fprintf (stderr, "%s ccm info: ", now);
+    vfprintf (stderr, format, args);
+    fputc ('\n', stderr);
+    va_end (args);
+}
+
+static void
+s_start (cli_t *cli, s_service_t *service)
+{
+    pid_t pid = fork ();
+    if (pid == 0) {
+        setenv ("CCM_HOME", ccm_config_home (cli->config), 1);
+        signal (SIGINT, SIG_DFL);
+        signal (SIGTERM, SIG_DFL);
+        execl (service->path, service->path, (char *) NULL);
+        fprintf (stderr, "ccm: cannot run %s: %s\n", service->path, strerror (errno));
+        _exit (127);
+    }
+    service->pid = pid > 0 ? pid : 0;
+    service->started_ms = s_now ();
+    service->restart_at_ms = 0;
+    if (pid > 0)
+        s_log ("started %s (pid %ld)", service->path, (long) pid);
+    else {
+        s_log ("cannot fork for %s: %s", service->path, strerror (errno));
+        service->restart_at_ms = s_now () + service->delay_ms;
+    }
+}
+
+//  Takes the supervisor lock; returns its fd, or -1 if another holds it.
+static int
+s_lock (cli_t *cli, bool write_pid)
+{
+    char path[PATH_MAX];
+    s_path (cli, "run/ccm.pid", path, sizeof path);
+    int fd = open (path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -1;
+    if (flock (fd, LOCK_EX | LOCK_NB)) {
+        close (fd);
+        return -1;
+    }
+    if (write_pid) {
+        char text[32];
+        int len = snprintf (text, sizeof text, "%ld\n", (long) getpid ());
+        if (ftruncate (fd, 0) || write (fd, text, (size_t) len) != len)
+            s_log ("cannot write %s: %s", path, strerror (errno));
+    }
+    return fd;
+}
+
+//  Reads the supervisor's pid from run/ccm.pid, or 0.
+static long
+s_supervisor_pid (cli_t *cli)
+{
+    char path[PATH_MAX];
+    s_path (cli, "run/ccm.pid", path, sizeof path);
+    FILE *file = fopen (path, "r");
+    long pid = 0;
+    if (file) {
+        if (fscanf (file, "%ld", &pid) != 1)
+            pid = 0;
+        fclose (file);
+    }
+    return pid;
+}
+
+//  True while some process holds the supervisor lock.
+static bool
+s_supervisor_running (cli_t *cli)
+{
+    int fd = s_lock (cli, false);
+    if (fd >= 0) {
+        close (fd);
+        return false;
+    }
+    char path[PATH_MAX];
+    s_path (cli, "run/ccm.pid", path, sizeof path);
+    return access (path, F_OK) == 0;
+}
+
+//  The supervisor loop; returns the exit code.
+static int
+s_supervise (cli_t *cli, int lock_fd)
+{
+    struct sigaction action = {.sa_handler = s_on_signal};
+    sigemptyset (&action.sa_mask);
+    sigaction (SIGTERM, &action, NULL);
+    sigaction (SIGINT, &action, NULL);
+    sigaction (SIGHUP, &action, NULL);
+
+    char self[PATH_MAX];
+    ssize_t len = readlink ("/proc/self/exe", self, sizeof self - 1);
+    if (len <= 0)
+        return cli_fail ("cannot find the ccm binary: %s", strerror (errno));
+    self[len] = 0;
+    *strrchr (self, '/') = 0;
+
+    s_service_t services[S_NSERVICES];
+    size_t count = 0;
+    int64_t first_delay = ccm_config_int (cli->config, "up.restart_delay_ms");
+    for (size_t i = 0; i < S_NSERVICES; i++) {
+        s_service_t *service = &services[count];
+        memset (service, 0, sizeof *service);
+        snprintf (service->path, sizeof service->path, "%s/ccm-%s", self, s_services[i]);
+        service->delay_ms = first_delay;
+        if (access (service->path, X_OK) == 0)
+            count++;
+    }
+    if (count == 0 || strstr (services[0].path, "ccm-store") == NULL)
+        return cli_fail ("no ccm-store binary next to %s/ccm", self);
+
+    s_log ("ccm up: home %s, %zu service(s)", ccm_config_home (cli->config), count);
+    s_start (cli, &services[0]);
+    //  The other services need the store, so wait until it answers.
+    for (int64_t deadline = s_now () + 15000; !s_stop && s_now () < deadline;) {
+        if (s_ping (cli, NULL))
+            break;
+        int status;
+        if (waitpid (services[0].pid, &status, WNOHANG) == services[0].pid) {
+            services[0].pid = 0;
+            s_log ("ccm-store exited during start-up; see the lines above");
+            close (lock_fd);
+            return 1;
+        }
+        usleep (20000);
+    }
+    for (size_t i = 1; i < count && !s_stop; i++)
+        s_start (cli, &services[i]);
+
+    while (!s_stop) {
+        int status;
+        pid_t pid;
+        while ((pid = waitpid (-1, &status, WNOHANG)) > 0) {
+            for (size_t i = 0; i < count; i++) {
+                s_service_t *service = &services[i];
+                if (service->pid != pid)
+                    continue;
+                service->pid = 0;
+                //  A service that ran for a while earns a fresh, short delay.
+                if (s_now () - service->started_ms > 30000)
+                    service->delay_ms = first_delay;
+                if (WIFEXITED (status))
+                    s_log ("%s exited with status %d; restart in %lld ms", service->path,
+                           WEXITSTATUS (status), (long long) service->delay_ms);
+                else
+                    s_log ("%s killed by signal %d; restart in %lld ms", service->path,
+                           WTERMSIG (status), (long long) service->delay_ms);
+                service->restart_at_ms = s_now () + service->delay_ms;
+                service->delay_ms =
+                    service->delay_ms * 2 > S_MAX_DELAY_MS ? S_MAX_DELAY_MS : service->delay_ms * 2;
+                service->restarts++;
+            }
+        }
+        for (size_t i = 0; i < count; i++)
+            if (!services[i].pid && services[i].restart_at_ms
+                && s_now () >= services[i].restart_at_ms)
+                s_start (cli, &services[i]);
+        usleep (50000);
+    }
+
+    s_log ("ccm down: stopping %zu service(s)", count);
+    for (size_t i = count; i-- > 0;)
+        if (services[i].pid)
+            kill (services[i].pid, SIGTERM);
+    for (int64_t deadline = s_now () + 10000; s_now () < deadline;) {
+        bool alive = false;
+        for (size_t i = 0; i < count; i++)
+            if (services[i].pid) {
+                if (waitpid (services[i].pid, NULL, WNOHANG) == services[i].pid)
+                    services[i].pid = 0;
+                else
+                    alive = true;
+            }
+        if (!alive)
+            break;
+        usleep (20000);
+    }
+    for (size_t i = 0; i < count; i++)
+        if (services[i].pid) {
+            s_log ("%s did not stop in 10 s; killing it", services[i].path);
+            kill (services[i].pid, SIGKILL);
+            waitpid (services[i].pid, NULL, 0);
+        }
+    char path[PATH_MAX];
+    s_path (cli, "run/ccm.pid", path, sizeof path);
+    unlink (path);
+    close (lock_fd);
+    s_log ("ccm down: stopped");
+    return 0;
+}
+
+int
+cli_cmd_up (cli_t *cli, int argc, char **argv)
+{
+    bool detach = false;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp (argv[i], "--detach") == 0 || strcmp (argv[i], "-d") == 0)
+            detach = true;
+        else
+            return cli_usage ("up: unknown argument '%s'", argv[i]);
+    }
+    const char *home = ccm_config_home (cli->config);
+    char run[PATH_MAX], log_dir[PATH_MAX];
+    snprintf (run, sizeof run, "ipc://%s/run/x", home);
+    s_path (cli, "log", log_dir, sizeof log_dir);
+    if ((mkdir (home, 0700) && errno != EEXIST) || ccm_bus_prepare (run)
+        || (mkdir (log_dir, 0700) && errno != EEXIST))
+        return cli_fail ("cannot create %s: %s", home, strerror (errno));
+    int lock_fd = s_lock (cli, true);
+    if (lock_fd < 0)
+        return cli_fail ("ccm is already running for %s (pid %ld); 'ccm down' stops it", home,
+                         s_supervisor_pid (cli));
+    if (!detach)
+        return s_supervise (cli, lock_fd);
+
+    pid_t pid = fork ();
+    if (pid < 0)
+        return cli_fail ("fork: %s", strerror (errno));
+    if (pid == 0) {
+        setsid ();
+        char log_path[PATH_MAX];
+        s_path (cli, "log/ccm.log", log_path, sizeof log_path);
+        int log = open (log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        int null = open ("/dev/null", O_RDWR);
+        if (null >= 0)
+            dup2 (null, STDIN_FILENO);
+        if (log >= 0) {
+            dup2 (log, STDOUT_FILENO);
+            dup2 (log, STDERR_FILENO);
+        }
+        //  The lock was taken before fork; rewrite the pid file with our pid.
+        char text[32];
+        int len = snprintf (text, sizeof text, "%ld\n", (long) getpid ());
+        if (ftruncate (lock_fd, 0) || pwrite (lock_fd, text, (size_t) len, 0) != len)
+            s_log ("cannot write the pid file: %s", strerror (errno));
+        _exit (s_supervise (cli, lock_fd));
+    }
+    close (lock_fd);
+    for (int64_t deadline = s_now () + 15000; s_now () < deadline; usleep (50000)) {
+        long store_pid = s_ping (cli, NULL);
+        if (store_pid) {
+            printf ("ccm is up: store pid %ld, home %s, log %s/ccm.log\n", store_pid, home,
+                    log_dir);
+            return 0;
+        }
+        if (waitpid (pid, NULL, WNOHANG) == pid)
+            return cli_fail ("ccm up failed; see %s/ccm.log", log_dir);
+    }
+    return cli_fail ("the store did not answer within 15 s; see %s/ccm.log", log_dir);
+}
+
+int
+cli_cmd_down (cli_t *cli, int argc, char **argv)
+{
+    (void) argv;
+    if (argc > 0)
+        return cli_usage ("usage: ccm down");
+    long pid = s_supervisor_pid (cli);
+    if (!s_supervisor_running (cli) || pid <= 0)
+        return cli_fail ("ccm is not running for %s", ccm_config_home (cli->config));
+    if (kill ((pid_t) pid, SIGTERM))
+        return cli_fail ("cannot signal pid %ld: %s", pid, strerror (errno));
+    for (int64_t deadline = s_now () + 20000; s_now () < deadline; usleep (50000))
+        if (!s_supervisor_running (cli)) {
+            if (!cli->json)
+                printf ("ccm is down\n");
+            return 0;
+        }
+    return cli_fail ("ccm (pid %ld) did not stop within 20 s", pid);
+}
+
+int
+cli_cmd_status (cli_t *cli, int argc, char **argv)
+{
+    (void) argv;
+    if (argc > 0)
+        return cli_usage ("usage: ccm status [--json]");
+    cJSON *ping = NULL;
+    long store_pid = s_ping (cli, &ping);
+    cJSON_Delete (ping);
+    long supervisor = s_supervisor_running (cli) ? s_supervisor_pid (cli) : 0;
+    if (!store_pid) {
+        if (cli->json) {
+            cJSON *out = cJSON_CreateObject ();
+            cJSON *store = cJSON_AddObjectToObject (out, "store");
+            cJSON_AddBoolToObject (store, "up", false);
+            cli_print_json (out);
+            cJSON_Delete (out);
+        }
+        return cli_fail ("ccm is not running for %s (no store at %s)",
+                         ccm_config_home (cli->config),
+                         ccm_config_str (cli->config, "store.endpoint"));
+    }
+    cJSON *body = cJSON_CreateObject (), *stats = NULL;
+    int rc = cli_call (cli, "stats", body, &stats);
+    cJSON_Delete (body);
+    if (rc)
+        return rc;
+    cJSON *out = cJSON_CreateObject ();
+    cJSON *store = cJSON_AddObjectToObject (out, "store");
+    cJSON_AddBoolToObject (store, "up", true);
+    cJSON_AddNumberToObject (store, "pid", (double) store_pid);
+    cJSON_AddItemToObject (store, "seq",
+                           cJSON_Duplicate (cJSON_GetObjectItemCaseSensitive (stats, "seq"), 1));
+    cJSON_AddStringToObject (store, "endpoint", ccm_config_str (cli->config, "store.endpoint"));
+    cJSON_AddStringToObject (out, "home", ccm_config_home (cli->config));
+    if (supervisor)
+        cJSON_AddNumberToObject (out, "supervisor_pid", (double) supervisor);
+    else
+        cJSON_AddNullToObject (out, "supervisor_pid");
+    const char *copy[] = {"tasks", "projects", "hook_events", "sync_pending", "db_bytes", NULL};
+    for (const char **key = copy; *key; key++) {
+        cJSON *item = cJSON_GetObjectItemCaseSensitive (stats, *key);
+        cJSON_AddItemToObject (out, *key,
+                               item && !cJSON_IsNull (item) ? cJSON_Duplicate (item, 1)
+                                                            : cJSON_CreateObject ());
+    }
+    if (cli->json)
+        cli_print_json (out);
+    else {
+        printf ("home         %s\n", ccm_config_home (cli->config));
+        printf ("supervisor   %s", supervisor ? "running" : "not running (store started alone)");
+        if (supervisor)
+            printf (" (pid %ld)", supervisor);
+        printf ("\nstore        up (pid %ld), seq %.0f\n", store_pid,
+                cJSON_GetObjectItemCaseSensitive (stats, "seq")->valuedouble);
+        printf ("tasks       ");
+        cJSON *item;
+        cJSON_ArrayForEach (item, cJSON_GetObjectItemCaseSensitive (out, "tasks"))
+            printf (" %s=%d", item->string, item->valueint);
+        printf ("\nprojects     %d\nhook events  %d\nsync queue   %d pending\n",
+                cJSON_GetObjectItemCaseSensitive (out, "projects")->valueint,
+                cJSON_GetObjectItemCaseSensitive (out, "hook_events")->valueint,
+                cJSON_GetObjectItemCaseSensitive (out, "sync_pending")->valueint);
+    }
+    cJSON_Delete (out);
+    cJSON_Delete (stats);
+    return 0;
+}
+
+int
+cli_cmd_config (cli_t *cli, int argc, char **argv)
+{
+    (void) argv;
+    if (argc > 0)
+        return cli_usage ("usage: ccm config [--json]");
+    cJSON *out = cJSON_CreateObject ();
+    for (const ccm_config_key_t *key = ccm_config_keys (); key->key; key++) {
+        char env[128];
+        ccm_config_env_name (key->key, env, sizeof env);
+        if (cli->json)
+            cJSON_AddStringToObject (out, key->key, ccm_config_str (cli->config, key->key));
+        else
+            printf ("%-20s %-44s %s (%s)\n", key->key, ccm_config_str (cli->config, key->key),
+                    env, key->help);
+    }
+    if (cli->json)
+        cli_print_json (out);
+    cJSON_Delete (out);
+    return 0;
+}

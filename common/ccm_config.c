@@ -1,0 +1,290 @@
+/*  ccm_config: the table of settings, config.json and CCM_* overrides.
+
+    Precedence, lowest first: the default in s_keys, $CCM_HOME/config.json,
+    then the CCM_<KEY> environment variable (dots become underscores). Only
+    the names derived from the table are read from the environment, because
+    CCM_TASK_ID and friends are legitimately set in agent windows.          */
+
+#include "ccm_config.h"
+#include "ccm_log.h"
+
+#include <assert.h>
+#include <stdarg.h>
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <cjson/cJSON.h>
+
+static const ccm_config_key_t s_keys[] = {
+    {"log_level", CCM_CFG_STRING, "info", "error, warn, info or debug"},
+    {"system_id", CCM_CFG_STRING, "", "this machine's system id (empty: derived)"},
+    {"store.endpoint", CCM_CFG_STRING, "ipc://{home}/run/store.ipc", "store requests (ROUTER)"},
+    {"store.pub_endpoint", CCM_CFG_STRING, "ipc://{home}/run/events.ipc",
+     "store events (PUB)"},
+    {"store.db_path", CCM_CFG_STRING, "{home}/ccm.db", "the SQLite database"},
+    {"store.synchronous", CCM_CFG_STRING, "full", "SQLite synchronous: full or normal"},
+    {"store.batch_max", CCM_CFG_INT, "1024", "most requests in one group commit"},
+    {"store.max_body", CCM_CFG_INT, "16777216", "largest request body in bytes"},
+    {"store.max_attempts", CCM_CFG_INT, "3", "attempts before a task fails for good"},
+    {"bus.timeout_ms", CCM_CFG_INT, "3000", "request timeout before a retry"},
+    {"bus.retries", CCM_CFG_INT, "3", "retries of a request (Lazy Pirate)"},
+    {"up.restart_delay_ms", CCM_CFG_INT, "500", "first delay before restarting a service"},
+    {NULL, CCM_CFG_STRING, NULL, NULL}};
+
+#define S_NKEYS (sizeof s_keys / sizeof s_keys[0] - 1)
+
+struct _ccm_config_t {
+    char *home;
+    char *values[S_NKEYS];  //  expanded strings; ints and bools are validated
+};
+
+static int
+s_index (const char *key)
+{
+    for (size_t i = 0; i < S_NKEYS; i++)
+        if (strcmp (s_keys[i].key, key) == 0)
+            return (int) i;
+    return -1;
+}
+
+static char *
+s_printf (const char *format, ...) __attribute__ ((format (printf, 1, 2)));
+
+static char *
+s_printf (const char *format, ...)
+{
+    va_list args;
+    va_start (args, format);
+    char *text = NULL;
+    if (vasprintf (&text, format, args) < 0)
+        text = NULL;
+    va_end (args);
+    return text;
+}
+
+//  Replaces every "{home}" in value; caller owns the result.
+static char *
+s_expand (const char *value, const char *home)
+{
+    size_t cap = strlen (value) + 1;
+    for (const char *p = strstr (value, "{home}"); p; p = strstr (p + 6, "{home}"))
+        cap += strlen (home);
+    char *out = malloc (cap);
+    if (!out)
+        return NULL;
+    char *w = out;
+    for (const char *p = value; *p;) {
+        if (strncmp (p, "{home}", 6) == 0) {
+            w = stpcpy (w, home);
+            p += 6;
+        }
+        else
+            *w++ = *p++;
+    }
+    *w = 0;
+    return out;
+}
+
+//  Checks that text is a valid value for key i; returns NULL or a message.
+static char *
+s_check (int i, const char *text, const char *origin)
+{
+    if (s_keys[i].type == CCM_CFG_INT) {
+        char *end;
+        errno = 0;
+        long long n = strtoll (text, &end, 10);
+        if (errno || end == text || *end || n < 0)
+            return s_printf ("%s: key '%s' must be a non-negative integer, got '%s'", origin,
+                             s_keys[i].key, text);
+    }
+    else if (s_keys[i].type == CCM_CFG_BOOL) {
+        if (strcmp (text, "true") && strcmp (text, "false") && strcmp (text, "1")
+            && strcmp (text, "0"))
+            return s_printf ("%s: key '%s' must be true or false, got '%s'", origin,
+                             s_keys[i].key, text);
+    }
+    return NULL;
+}
+
+static char *
+s_set (ccm_config_t *self, int i, const char *text, const char *origin)
+{
+    char *problem = s_check (i, text, origin);
+    if (problem)
+        return problem;
+    free (self->values[i]);
+    self->values[i] = s_expand (text, self->home);
+    return NULL;
+}
+
+//  Applies one JSON member (nested objects flatten to dotted keys).
+static char *
+s_apply_json (ccm_config_t *self, const char *prefix, cJSON *object, const char *origin)
+{
+    cJSON *item;
+    cJSON_ArrayForEach (item, object) {
+        char key[256];
+        snprintf (key, sizeof key, "%s%s%s", prefix, *prefix ? "." : "", item->string);
+        int i = s_index (key);
+        if (cJSON_IsObject (item) && i < 0) {
+            char *problem = s_apply_json (self, key, item, origin);
+            if (problem)
+                return problem;
+            continue;
+        }
+        if (i < 0)
+            return s_printf ("%s: unknown key '%s'", origin, key);
+        char number[32];
+        const char *text = NULL;
+        if (s_keys[i].type == CCM_CFG_STRING && cJSON_IsString (item))
+            text = item->valuestring;
+        else if (s_keys[i].type == CCM_CFG_INT && cJSON_IsNumber (item)
+                 && item->valuedouble == (double) (long long) item->valuedouble) {
+            snprintf (number, sizeof number, "%lld", (long long) item->valuedouble);
+            text = number;
+        }
+        else if (s_keys[i].type == CCM_CFG_BOOL && cJSON_IsBool (item))
+            text = cJSON_IsTrue (item) ? "true" : "false";
+        if (!text)
+            return s_printf ("%s: key '%s' must be %s", origin, key,
+                             s_keys[i].type == CCM_CFG_STRING ? "a string"
+                             : s_keys[i].type == CCM_CFG_INT  ? "an integer"
+                                                              : "a boolean");
+        char *problem = s_set (self, i, text, origin);
+        if (problem)
+            return problem;
+    }
+    return NULL;
+}
+
+static char *
+s_load_file (ccm_config_t *self)
+{
+    char *path = s_printf ("%s/config.json", self->home);
+    if (!path)
+        return strdup ("out of memory");
+    FILE *file = fopen (path, "rb");
+    if (!file) {
+        char *problem = errno == ENOENT ? NULL : s_printf ("%s: %s", path, strerror (errno));
+        free (path);
+        return problem;
+    }
+    char *text = NULL;
+    size_t size = 0;
+    FILE *mem = open_memstream (&text, &size);
+    char buf[4096];
+    size_t n;
+    while (mem && (n = fread (buf, 1, sizeof buf, file)) > 0)
+        fwrite (buf, 1, n, mem);
+    if (mem)
+        fclose (mem);
+    fclose (file);
+    char *problem = NULL;
+    cJSON *json = text ? cJSON_Parse (text) : NULL;
+    if (!json || !cJSON_IsObject (json))
+        problem = s_printf ("%s: not a JSON object", path);
+    else
+        problem = s_apply_json (self, "", json, path);
+    cJSON_Delete (json);
+    free (text);
+    free (path);
+    return problem;
+}
+
+void
+ccm_config_env_name (const char *key, char *buf, size_t len)
+{
+    size_t w = (size_t) snprintf (buf, len, "CCM_");
+    for (const char *p = key; *p && w + 1 < len; p++)
+        buf[w++] = *p == '.' ? '_' : (char) toupper ((unsigned char) *p);
+    buf[w < len ? w : len - 1] = 0;
+}
+
+ccm_config_t *
+ccm_config_load (const char *home, char **error)
+{
+    *error = NULL;
+    ccm_config_t *self = calloc (1, sizeof *self);
+    if (!self) {
+        *error = strdup ("out of memory");
+        return NULL;
+    }
+    if (!home || !*home)
+        home = getenv ("CCM_HOME");
+    if (home && *home)
+        self->home = strdup (home);
+    else
+        self->home = s_printf ("%s/.ccm", getenv ("HOME") ? getenv ("HOME") : "/tmp");
+    //  Trailing slashes would double up in derived paths.
+    for (size_t len = strlen (self->home); len > 1 && self->home[len - 1] == '/'; len--)
+        self->home[len - 1] = 0;
+    for (size_t i = 0; i < S_NKEYS; i++)
+        self->values[i] = s_expand (s_keys[i].fallback, self->home);
+
+    char *problem = s_load_file (self);
+    for (size_t i = 0; !problem && i < S_NKEYS; i++) {
+        char name[128];
+        ccm_config_env_name (s_keys[i].key, name, sizeof name);
+        const char *text = getenv (name);
+        if (text)
+            problem = s_set (self, (int) i, text, name);
+    }
+    if (!problem && ccm_log_level_parse (self->values[s_index ("log_level")]) < 0)
+        problem = s_printf ("log_level: must be error, warn, info or debug");
+    if (problem) {
+        *error = problem;
+        ccm_config_destroy (&self);
+    }
+    return self;
+}
+
+void
+ccm_config_destroy (ccm_config_t **self_p)
+{
+    if (self_p && *self_p) {
+        ccm_config_t *self = *self_p;
+        for (size_t i = 0; i < S_NKEYS; i++)
+            free (self->values[i]);
+        free (self->home);
+        free (self);
+        *self_p = NULL;
+    }
+}
+
+const char *
+ccm_config_home (ccm_config_t *self)
+{
+    return self->home;
+}
+
+const char *
+ccm_config_str (ccm_config_t *self, const char *key)
+{
+    int i = s_index (key);
+    assert (i >= 0);
+    return self->values[i];
+}
+
+int64_t
+ccm_config_int (ccm_config_t *self, const char *key)
+{
+    return strtoll (ccm_config_str (self, key), NULL, 10);
+}
+
+bool
+ccm_config_bool (ccm_config_t *self, const char *key)
+{
+    const char *text = ccm_config_str (self, key);
+    return strcmp (text, "true") == 0 || strcmp (text, "1") == 0;
+}
+
+const ccm_config_key_t *
+ccm_config_keys (void)
+{
+    return s_keys;
+}

@@ -1,0 +1,90 @@
+/*  store_internal: what the store's modules share. Not for other services. */
+
+#ifndef STORE_INTERNAL_H_INCLUDED
+#define STORE_INTERNAL_H_INCLUDED
+
+#include "ccm_config.h"
+#include "ccm_msg.h"
+#include "store.h"
+
+#include <czmq.h>
+#include <sqlite3.h>
+#include <stdbool.h>
+
+//  One embedded migration (generated from schema/migrations by CMake).
+typedef struct {
+    const char *name;
+    const char *sql;
+} store_migration_t;
+
+extern const store_migration_t store_migrations[];
+
+//  A request handler: reads body, adds its result to reply, or fills err and
+//  returns -1. Write handlers run inside the batch's transaction.
+typedef int (store_handler_fn) (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err);
+
+struct _store_t {
+    ccm_config_t *config;  //  borrowed
+    sqlite3 *db;
+    zsock_t *router;
+    zsock_t *pub;
+    int lock_fd;            //  flock on run/store.lock: one store per home
+    int64_t published_seq;  //  newest seq sent on the PUB socket
+    int max_attempts;
+    size_t max_body;
+    int batch_max;
+    //  Statements prepared once, used on every request.
+    sqlite3_stmt *begin, *commit, *rollback;
+    sqlite3_stmt *savepoint, *release, *rollback_to;
+    sqlite3_stmt *idem_get, *idem_put;
+    sqlite3_stmt *hook_insert;
+    sqlite3_stmt *events_after;
+    //  Counters, logged at shutdown.
+    uint64_t requests, errors, commits;
+};
+
+//  store_db: opening, pragmas, migrations, statements.
+
+//  Opens path (created with mode 0600), sets WAL and the pragmas, and applies
+//  pending migrations. Returns the handle or NULL with *error set.
+sqlite3 *
+    store_db_open (const char *path, const char *synchronous, char **error);
+
+//  Prepares sql on db; logs and returns NULL on failure.
+sqlite3_stmt *
+    store_db_prepare (sqlite3 *db, const char *sql);
+
+//  Steps a statement that returns no rows and resets it; returns the SQLite code.
+int
+    store_db_run (sqlite3_stmt *stmt);
+
+//  Binds text, or NULL when text is NULL.
+void
+    store_db_bind_text (sqlite3_stmt *stmt, int index, const char *text);
+
+//  Maps a failed SQLite call to a protocol error (conflict, bad_field, internal).
+int
+    store_db_fail (store_t *self, ccm_error_t *err, const char *what);
+
+//  The newest committed seq, 0 for an empty log.
+int64_t
+    store_db_last_seq (sqlite3 *db);
+
+//  Handlers, by module.
+store_handler_fn store_ping, store_stats;
+store_handler_fn store_project_add, store_project_list;
+store_handler_fn store_task_add, store_task_get, store_task_list, store_task_transition,
+    store_task_cancel;
+store_handler_fn store_hook_add;
+store_handler_fn store_events_since;
+
+//  Publishes every event committed since the last call on the PUB socket.
+void
+    store_events_publish (store_t *self);
+
+//  Adds the JSON text of each row of stmt's first column to array as raw items;
+//  returns the number of rows, or -1 on a database error.
+int
+    store_db_collect_json (sqlite3_stmt *stmt, cJSON *array);
+
+#endif

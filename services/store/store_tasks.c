@@ -1,0 +1,475 @@
+/*  store_tasks: projects and tasks, and the task state machine's writes.   */
+
+#include "store_internal.h"
+
+#include "ccm_id.h"
+#include "ccm_log.h"
+#include "store_fsm.h"
+
+#include <unistd.h>
+
+#define S_NOW "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
+
+//  One task as protocol.md's TASK object, from tasks t LEFT JOIN projects p.
+#define S_TASK_JSON                                                                                \
+    "json_object('id', t.id, 'short_id', substr(t.id, 1, 8), 'project_id', t.project_id,"         \
+    " 'project', p.name, 'system_id', t.system_id, 'parent_task_id', t.parent_task_id,"           \
+    " 'task_type', t.task_type, 'status', t.status, 'status_reason', t.status_reason,"            \
+    " 'prompt', t.prompt, 'priority', t.priority, 'attempts', t.attempts,"                        \
+    " 'requires_project', t.requires_project,"                                                     \
+    " 'requires_context_metadata', json(t.requires_context_metadata),"                            \
+    " 'metadata', json(t.metadata), 'input_data', json(t.input_data),"                            \
+    " 'requires_supabase', json(CASE t.requires_supabase WHEN 1 THEN 'true' ELSE 'false' END),"   \
+    " 'locked_at', t.locked_at, 'locked_by', t.locked_by,"                                         \
+    " 'created_at', t.created_at, 'updated_at', t.updated_at, 'started_at', t.started_at,"        \
+    " 'completed_at', t.completed_at)"                                                             \
+    " FROM tasks t LEFT JOIN projects p ON p.id = t.project_id"
+
+#define S_PROJECT_JSON                                                                             \
+    "json_object('id', id, 'name', name, 'path', path, 'repo_url', repo_url,"                     \
+    " 'config', json(config), 'system_id', system_id, 'created_at', created_at)"                  \
+    " FROM projects"
+
+static const char *const s_priorities[] = {"low", "normal", "high", "urgent", NULL};
+static const char *const s_task_types[] = {"worker", "supervisory", "manager", NULL};
+
+//  Runs a one-row JSON query (first column) and adds it to reply under key.
+//  Returns 0, or -1 with err set (not_found when there is no row).
+static int
+s_add_row (store_t *self, sqlite3_stmt *stmt, cJSON *reply, const char *key, ccm_error_t *err)
+{
+    int rc = sqlite3_step (stmt);
+    if (rc == SQLITE_ROW) {
+        cJSON_AddItemToObject (reply, key,
+                               cJSON_CreateRaw ((const char *) sqlite3_column_text (stmt, 0)));
+        return 0;
+    }
+    if (rc == SQLITE_DONE)
+        return ccm_fail (err, "not_found", key, "%s: not found", key);
+    return store_db_fail (self, err, key);
+}
+
+//  Finds a task by full id or unique prefix; writes the full id into out.
+static int
+s_resolve_task (store_t *self, const char *field, const char *ref, char out[CCM_UUID_LEN + 1],
+                ccm_error_t *err)
+{
+    size_t len = strlen (ref);
+    if (len < 4 || len > CCM_UUID_LEN || strspn (ref, "0123456789abcdef-") != len)
+        return ccm_fail (err, "bad_field", field,
+                         "%s: '%s' is not a task id or a prefix of at least 4 hex characters",
+                         field, ref);
+    sqlite3_stmt *stmt =
+        store_db_prepare (self->db, "SELECT id FROM tasks WHERE id >= ?1 AND id < ?1 || 'g'"
+                                    " ORDER BY id LIMIT 2");
+    if (!stmt)
+        return store_db_fail (self, err, field);
+    sqlite3_bind_text (stmt, 1, ref, -1, SQLITE_STATIC);
+    int rows = 0;
+    while (sqlite3_step (stmt) == SQLITE_ROW) {
+        if (rows++ == 0)
+            snprintf (out, CCM_UUID_LEN + 1, "%s", sqlite3_column_text (stmt, 0));
+    }
+    sqlite3_finalize (stmt);
+    if (rows == 0)
+        return ccm_fail (err, "not_found", field, "%s: no task '%s'", field, ref);
+    if (rows > 1)
+        return ccm_fail (err, "ambiguous", field, "%s: '%s' matches several tasks", field, ref);
+    return 0;
+}
+
+//  Finds a project by name or id; writes its id and name.
+static int
+s_resolve_project (store_t *self, const char *field, const char *ref, char id[CCM_UUID_LEN + 1],
+                   char name[65], ccm_error_t *err)
+{
+    sqlite3_stmt *stmt =
+        store_db_prepare (self->db, "SELECT id, name FROM projects WHERE name = ?1 OR id = ?1");
+    if (!stmt)
+        return store_db_fail (self, err, field);
+    sqlite3_bind_text (stmt, 1, ref, -1, SQLITE_STATIC);
+    int rc = sqlite3_step (stmt);
+    if (rc == SQLITE_ROW) {
+        snprintf (id, CCM_UUID_LEN + 1, "%s", sqlite3_column_text (stmt, 0));
+        snprintf (name, 65, "%s", sqlite3_column_text (stmt, 1));
+    }
+    sqlite3_finalize (stmt);
+    if (rc != SQLITE_ROW)
+        return ccm_fail (err, "not_found", field, "%s: no project '%s'", field, ref);
+    return 0;
+}
+
+static char *
+s_json_text (cJSON *item, const char *fallback)
+{
+    return item ? cJSON_PrintUnformatted (item) : strdup (fallback);
+}
+
+int
+store_ping (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
+{
+    (void) body;
+    (void) err;
+    cJSON_AddBoolToObject (reply, "pong", true);
+    cJSON_AddNumberToObject (reply, "seq", (double) store_db_last_seq (self->db));
+    cJSON_AddNumberToObject (reply, "pid", (double) getpid ());
+    cJSON_AddStringToObject (reply, "version", "0.1.0");
+    return 0;
+}
+
+int
+store_stats (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
+{
+    (void) body;
+    sqlite3_stmt *stmt = store_db_prepare (
+        self->db,
+        "SELECT json_object("
+        " 'tasks', (SELECT json_group_object(status, n) FROM"
+        "   (SELECT status, count(*) AS n FROM tasks GROUP BY status)),"
+        " 'projects', (SELECT count(*) FROM projects),"
+        " 'hook_events', (SELECT count(*) FROM hook_events),"
+        " 'sync_pending', (SELECT count(*) FROM sync_queue WHERE synced_at IS NULL),"
+        " 'db_bytes', (SELECT page_count * page_size FROM pragma_page_count, pragma_page_size))");
+    if (!stmt)
+        return store_db_fail (self, err, "stats");
+    int rc = sqlite3_step (stmt);
+    if (rc == SQLITE_ROW) {
+        cJSON *stats = cJSON_Parse ((const char *) sqlite3_column_text (stmt, 0));
+        cJSON *item;
+        cJSON_ArrayForEach (item, stats)
+            cJSON_AddItemToObject (reply, item->string, cJSON_Duplicate (item, true));
+        cJSON_Delete (stats);
+    }
+    sqlite3_finalize (stmt);
+    cJSON_AddNumberToObject (reply, "seq", (double) store_db_last_seq (self->db));
+    return rc == SQLITE_ROW ? 0 : store_db_fail (self, err, "stats");
+}
+
+int
+store_project_add (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
+{
+    const char *name = NULL, *path = NULL, *repo_url = NULL;
+    cJSON *config = NULL;
+    if (ccm_get_string (body, "name", true, 64, &name, err)
+        || ccm_get_string (body, "path", true, 4096, &path, err)
+        || ccm_get_string (body, "repo_url", false, 4096, &repo_url, err)
+        || ccm_get_object (body, "config", false, &config, err))
+        return -1;
+    if (strspn (name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+            != strlen (name)
+        || name[0] == '.' || name[0] == '-')
+        return ccm_fail (err, "bad_field", "name",
+                         "name: '%s' must be letters, digits, '.', '_' or '-', not starting "
+                         "with '.' or '-'",
+                         name);
+    if (path[0] != '/')
+        return ccm_fail (err, "bad_field", "path", "path: '%s' must be absolute", path);
+    char id[CCM_UUID_LEN + 1];
+    ccm_uuid (id);
+    char *config_text = s_json_text (config, "{}");
+    sqlite3_stmt *stmt = store_db_prepare (
+        self->db, "INSERT INTO projects (id, name, path, repo_url, config) VALUES (?,?,?,?,?)");
+    int rc = -1;
+    if (stmt) {
+        sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
+        sqlite3_bind_text (stmt, 2, name, -1, SQLITE_STATIC);
+        sqlite3_bind_text (stmt, 3, path, -1, SQLITE_STATIC);
+        store_db_bind_text (stmt, 4, repo_url);
+        sqlite3_bind_text (stmt, 5, config_text, -1, SQLITE_STATIC);
+        rc = sqlite3_step (stmt) == SQLITE_DONE ? 0 : -1;
+        sqlite3_finalize (stmt);
+    }
+    free (config_text);
+    if (rc) {
+        if ((sqlite3_extended_errcode (self->db) & 0xff) == SQLITE_CONSTRAINT)
+            return ccm_fail (err, "conflict", "name", "name: a project '%s' already exists",
+                             name);
+        return store_db_fail (self, err, "project.add");
+    }
+    stmt = store_db_prepare (self->db, "SELECT " S_PROJECT_JSON " WHERE id = ?");
+    if (!stmt)
+        return store_db_fail (self, err, "project.add");
+    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
+    rc = s_add_row (self, stmt, reply, "project", err);
+    sqlite3_finalize (stmt);
+    return rc;
+}
+
+int
+store_project_list (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
+{
+    (void) body;
+    sqlite3_stmt *stmt = store_db_prepare (self->db, "SELECT " S_PROJECT_JSON " ORDER BY name");
+    if (!stmt)
+        return store_db_fail (self, err, "project.list");
+    int rows = store_db_collect_json (stmt, cJSON_AddArrayToObject (reply, "projects"));
+    sqlite3_finalize (stmt);
+    return rows < 0 ? store_db_fail (self, err, "project.list") : 0;
+}
+
+//  Moves task id from its status to "to", records a task_events row, and
+//  adds the updated TASK to reply.
+static int
+s_transition (store_t *self, const char *id, const char *to, const char *reason, cJSON *reply,
+              ccm_error_t *err)
+{
+    sqlite3_stmt *stmt =
+        store_db_prepare (self->db, "SELECT status, attempts FROM tasks WHERE id = ?");
+    if (!stmt)
+        return store_db_fail (self, err, "task");
+    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
+    if (sqlite3_step (stmt) != SQLITE_ROW) {
+        sqlite3_finalize (stmt);
+        return ccm_fail (err, "not_found", "task", "task: no task '%s'", id);
+    }
+    char from[16];
+    snprintf (from, sizeof from, "%s", sqlite3_column_text (stmt, 0));
+    int attempts = sqlite3_column_int (stmt, 1);
+    sqlite3_finalize (stmt);
+
+    char why[256];
+    if (store_fsm_check (from, to, attempts, self->max_attempts, why, sizeof why))
+        return ccm_fail (err, "illegal_transition", "to", "%s", why);
+
+    stmt = store_db_prepare (
+        self->db,
+        "UPDATE tasks SET status = ?2, status_reason = ?3,"
+        " attempts = attempts + (?2 = 'assigned'),"
+        " updated_at = " S_NOW ","
+        " started_at = CASE WHEN ?2 = 'executing' THEN " S_NOW " ELSE started_at END,"
+        " completed_at = CASE WHEN ?2 IN ('complete', 'failed', 'cancelled') THEN " S_NOW
+        " WHEN ?2 = 'queued' THEN NULL ELSE completed_at END,"
+        " locked_at = CASE WHEN ?2 IN ('queued', 'complete', 'failed', 'cancelled') THEN NULL"
+        " ELSE locked_at END,"
+        " locked_by = CASE WHEN ?2 IN ('queued', 'complete', 'failed', 'cancelled') THEN NULL"
+        " ELSE locked_by END"
+        " WHERE id = ?1");
+    if (!stmt)
+        return store_db_fail (self, err, "task.transition");
+    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text (stmt, 2, to, -1, SQLITE_STATIC);
+    store_db_bind_text (stmt, 3, reason);
+    int rc = sqlite3_step (stmt);
+    sqlite3_finalize (stmt);
+    if (rc != SQLITE_DONE)
+        return store_db_fail (self, err, "task.transition");
+
+    char event_id[CCM_UUID_LEN + 1];
+    ccm_uuid (event_id);
+    stmt = store_db_prepare (
+        self->db,
+        "INSERT INTO task_events (id, task_id, event_type, event_data)"
+        " SELECT ?1, ?2, ?3, json_object('from', ?4, 'to', ?5, 'reason', ?6, 'attempts', attempts)"
+        " FROM tasks WHERE id = ?2");
+    if (!stmt)
+        return store_db_fail (self, err, "task.transition");
+    sqlite3_bind_text (stmt, 1, event_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text (stmt, 2, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text (stmt, 3, store_fsm_event_type (from, to), -1, SQLITE_STATIC);
+    sqlite3_bind_text (stmt, 4, from, -1, SQLITE_STATIC);
+    sqlite3_bind_text (stmt, 5, to, -1, SQLITE_STATIC);
+    store_db_bind_text (stmt, 6, reason);
+    rc = sqlite3_step (stmt);
+    sqlite3_finalize (stmt);
+    if (rc != SQLITE_DONE)
+        return store_db_fail (self, err, "task.transition");
+    if (!reply)
+        return 0;
+    stmt = store_db_prepare (self->db, "SELECT " S_TASK_JSON " WHERE t.id = ?");
+    if (!stmt)
+        return store_db_fail (self, err, "task");
+    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
+    rc = s_add_row (self, stmt, reply, "task", err);
+    sqlite3_finalize (stmt);
+    return rc;
+}
+
+int
+store_task_add (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
+{
+    const char *prompt = NULL, *project = NULL, *priority = "normal", *task_type = "worker";
+    const char *system_id = NULL, *requires_project = NULL, *parent = NULL;
+    cJSON *metadata = NULL, *input_data = NULL, *requires_meta = NULL;
+    bool requires_supabase = false, hold = false;
+    if (ccm_get_string (body, "prompt", true, 1 << 20, &prompt, err)
+        || ccm_get_string (body, "project", false, 128, &project, err)
+        || ccm_get_enum (body, "priority", false, s_priorities, &priority, err)
+        || ccm_get_enum (body, "task_type", false, s_task_types, &task_type, err)
+        || ccm_get_string (body, "system_id", false, 128, &system_id, err)
+        || ccm_get_string (body, "requires_project", false, 128, &requires_project, err)
+        || ccm_get_string (body, "parent_task_id", false, 64, &parent, err)
+        || ccm_get_object (body, "requires_context_metadata", false, &requires_meta, err)
+        || ccm_get_object (body, "metadata", false, &metadata, err)
+        || ccm_get_object (body, "input_data", false, &input_data, err)
+        || ccm_get_bool (body, "requires_supabase", false, &requires_supabase, err)
+        || ccm_get_bool (body, "hold", false, &hold, err))
+        return -1;
+
+    char project_id[CCM_UUID_LEN + 1] = "", project_name[65] = "", parent_id[CCM_UUID_LEN + 1];
+    if (project && s_resolve_project (self, "project", project, project_id, project_name, err))
+        return -1;
+    if (parent && s_resolve_task (self, "parent_task_id", parent, parent_id, err))
+        return -1;
+    if (system_id) {
+        sqlite3_stmt *stmt = store_db_prepare (self->db, "SELECT 1 FROM systems WHERE id = ?");
+        if (!stmt)
+            return store_db_fail (self, err, "system_id");
+        sqlite3_bind_text (stmt, 1, system_id, -1, SQLITE_STATIC);
+        int found = sqlite3_step (stmt) == SQLITE_ROW;
+        sqlite3_finalize (stmt);
+        if (!found)
+            return ccm_fail (err, "not_found", "system_id", "system_id: no system '%s'",
+                             system_id);
+    }
+    if (!requires_project && project)
+        requires_project = project_name;
+
+    char id[CCM_UUID_LEN + 1];
+    ccm_uuid (id);
+    char *meta_text = s_json_text (metadata, "{}");
+    char *input_text = s_json_text (input_data, "{}");
+    char *requires_text = s_json_text (requires_meta, "{}");
+    sqlite3_stmt *stmt = store_db_prepare (
+        self->db, "INSERT INTO tasks (id, project_id, system_id, parent_task_id, requires_project,"
+                  " requires_context_metadata, task_type, status, prompt, input_data, metadata,"
+                  " requires_supabase, priority)"
+                  " VALUES (?, ?, ?, ?, ?, ?, ?, 'created', ?, ?, ?, ?, ?)");
+    int rc = SQLITE_ERROR;
+    if (stmt) {
+        sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
+        store_db_bind_text (stmt, 2, project ? project_id : NULL);
+        store_db_bind_text (stmt, 3, system_id);
+        store_db_bind_text (stmt, 4, parent ? parent_id : NULL);
+        store_db_bind_text (stmt, 5, requires_project);
+        sqlite3_bind_text (stmt, 6, requires_text, -1, SQLITE_STATIC);
+        sqlite3_bind_text (stmt, 7, task_type, -1, SQLITE_STATIC);
+        sqlite3_bind_text (stmt, 8, prompt, -1, SQLITE_STATIC);
+        sqlite3_bind_text (stmt, 9, input_text, -1, SQLITE_STATIC);
+        sqlite3_bind_text (stmt, 10, meta_text, -1, SQLITE_STATIC);
+        sqlite3_bind_int (stmt, 11, requires_supabase);
+        sqlite3_bind_text (stmt, 12, priority, -1, SQLITE_STATIC);
+        rc = sqlite3_step (stmt);
+        sqlite3_finalize (stmt);
+    }
+    free (meta_text);
+    free (input_text);
+    free (requires_text);
+    if (rc != SQLITE_DONE)
+        return store_db_fail (self, err, "task.add");
+
+    char event_id[CCM_UUID_LEN + 1];
+    ccm_uuid (event_id);
+    stmt = store_db_prepare (self->db, "INSERT INTO task_events (id, task_id, event_type)"
+                                       " VALUES (?, ?, 'created')");
+    if (!stmt)
+        return store_db_fail (self, err, "task.add");
+    sqlite3_bind_text (stmt, 1, event_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text (stmt, 2, id, -1, SQLITE_STATIC);
+    rc = sqlite3_step (stmt);
+    sqlite3_finalize (stmt);
+    if (rc != SQLITE_DONE)
+        return store_db_fail (self, err, "task.add");
+    if (hold) {
+        stmt = store_db_prepare (self->db, "SELECT " S_TASK_JSON " WHERE t.id = ?");
+        if (!stmt)
+            return store_db_fail (self, err, "task.add");
+        sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
+        rc = s_add_row (self, stmt, reply, "task", err);
+        sqlite3_finalize (stmt);
+        return rc;
+    }
+    return s_transition (self, id, "queued", NULL, reply, err);
+}
+
+int
+store_task_get (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
+{
+    const char *ref = NULL;
+    char id[CCM_UUID_LEN + 1];
+    if (ccm_get_string (body, "task", true, 64, &ref, err)
+        || s_resolve_task (self, "task", ref, id, err))
+        return -1;
+    sqlite3_stmt *stmt = store_db_prepare (self->db, "SELECT " S_TASK_JSON " WHERE t.id = ?");
+    if (!stmt)
+        return store_db_fail (self, err, "task.get");
+    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
+    int rc = s_add_row (self, stmt, reply, "task", err);
+    sqlite3_finalize (stmt);
+    if (rc)
+        return rc;
+    stmt = store_db_prepare (self->db,
+                             "SELECT json_object('id', id, 'event_type', event_type,"
+                             " 'event_data', json(event_data), 'created_at', created_at)"
+                             " FROM task_events WHERE task_id = ? ORDER BY created_at, rowid");
+    if (!stmt)
+        return store_db_fail (self, err, "task.get");
+    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
+    int rows = store_db_collect_json (stmt, cJSON_AddArrayToObject (reply, "events"));
+    sqlite3_finalize (stmt);
+    return rows < 0 ? store_db_fail (self, err, "task.get") : 0;
+}
+
+int
+store_task_list (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
+{
+    const char *status = NULL, *project = NULL;
+    int64_t limit = 100, offset = 0;
+    if (ccm_get_enum (body, "status", false, store_fsm_statuses, &status, err)
+        || ccm_get_string (body, "project", false, 128, &project, err)
+        || ccm_get_int (body, "limit", false, 1, 1000, &limit, err)
+        || ccm_get_int (body, "offset", false, 0, INT32_MAX, &offset, err))
+        return -1;
+    char project_id[CCM_UUID_LEN + 1] = "", project_name[65];
+    if (project && s_resolve_project (self, "project", project, project_id, project_name, err))
+        return -1;
+    const char *where = " WHERE (?1 IS NULL OR t.status = ?1) AND (?2 IS NULL OR t.project_id = ?2)";
+    char sql[2048];
+    snprintf (sql, sizeof sql, "SELECT %s%s ORDER BY t.created_at DESC, t.rowid DESC LIMIT ?3 OFFSET ?4",
+              S_TASK_JSON, where);
+    sqlite3_stmt *stmt = store_db_prepare (self->db, sql);
+    if (!stmt)
+        return store_db_fail (self, err, "task.list");
+    store_db_bind_text (stmt, 1, status);
+    store_db_bind_text (stmt, 2, project ? project_id : NULL);
+    sqlite3_bind_int64 (stmt, 3, limit);
+    sqlite3_bind_int64 (stmt, 4, offset);
+    int rows = store_db_collect_json (stmt, cJSON_AddArrayToObject (reply, "tasks"));
+    sqlite3_finalize (stmt);
+    if (rows < 0)
+        return store_db_fail (self, err, "task.list");
+    snprintf (sql, sizeof sql, "SELECT count(*) FROM tasks t%s", where);
+    stmt = store_db_prepare (self->db, sql);
+    if (!stmt)
+        return store_db_fail (self, err, "task.list");
+    store_db_bind_text (stmt, 1, status);
+    store_db_bind_text (stmt, 2, project ? project_id : NULL);
+    int64_t total = sqlite3_step (stmt) == SQLITE_ROW ? sqlite3_column_int64 (stmt, 0) : 0;
+    sqlite3_finalize (stmt);
+    cJSON_AddNumberToObject (reply, "total", (double) total);
+    return 0;
+}
+
+int
+store_task_transition (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
+{
+    const char *ref = NULL, *to = NULL, *reason = NULL;
+    char id[CCM_UUID_LEN + 1];
+    if (ccm_get_string (body, "task", true, 64, &ref, err)
+        || ccm_get_enum (body, "to", true, store_fsm_statuses, &to, err)
+        || ccm_get_string (body, "reason", false, 4096, &reason, err)
+        || s_resolve_task (self, "task", ref, id, err))
+        return -1;
+    return s_transition (self, id, to, reason, reply, err);
+}
+
+int
+store_task_cancel (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
+{
+    const char *ref = NULL, *reason = "cancelled by request";
+    char id[CCM_UUID_LEN + 1];
+    if (ccm_get_string (body, "task", true, 64, &ref, err)
+        || ccm_get_string (body, "reason", false, 4096, &reason, err)
+        || s_resolve_task (self, "task", ref, id, err))
+        return -1;
+    return s_transition (self, id, "cancelled", reason, reply, err);
+}
