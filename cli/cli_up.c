@@ -12,6 +12,8 @@
 #include "ccm_bus.h"
 #include "ccm_id.h"
 
+#include <czmq.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -179,6 +181,9 @@ s_supervisor_running (cli_t *cli)
 static int
 s_supervise (cli_t *cli, int lock_fd)
 {
+    //  czmq would install its own SIGINT/SIGTERM handler at its first socket
+    //  (the store pings); the supervisor keeps its own.
+    zsys_handler_set (NULL);
     struct sigaction action = {.sa_handler = s_on_signal};
     sigemptyset (&action.sa_mask);
     sigaction (SIGTERM, &action, NULL);

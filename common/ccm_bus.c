@@ -51,6 +51,9 @@ ccm_bus_router_bind (const char *endpoint, size_t max_message)
         return NULL;
     s_common_options (sock, 1000);
     zsock_set_router_mandatory (sock, 1);
+    //  A client that never reads its replies must not stall the service: a
+    //  reply that meets a full pipe fails at once (EAGAIN) instead of blocking.
+    zsock_set_sndtimeo (sock, 0);
     //  Bodies over the protocol limit still get a clear error; only far larger
     //  ones are cut off by libzmq, to bound memory.
     zsock_set_maxmsgsize (sock, (int64_t) max_message);

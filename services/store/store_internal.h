@@ -40,7 +40,7 @@ struct _store_t {
     sqlite3_stmt *hook_insert;
     sqlite3_stmt *events_after;
     //  Counters, logged at shutdown.
-    uint64_t requests, errors, commits;
+    uint64_t requests, errors, commits, dropped;
 };
 
 //  store_db: opening, pragmas, migrations, statements.

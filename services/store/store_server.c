@@ -210,9 +210,16 @@ s_send_reply (store_t *self, s_reply_t *reply)
     zmsg_addstr (out, reply->ok ? "ok" : "error");
     zmsg_addmem (out, reply->body ? reply->body : "{}",
                  reply->body ? strlen (reply->body) : 2);
-    //  ROUTER_MANDATORY: a client that went away gets EHOSTUNREACH, not a hang.
-    if (zmsg_send (&out, self->router))
-        ccm_debug ("reply dropped: client gone (%s)", zmq_strerror (zmq_errno ()));
+    //  ROUTER_MANDATORY and a zero send timeout: a client that went away
+    //  (EHOSTUNREACH) or stopped reading (EAGAIN) loses its reply; its write
+    //  is committed all the same, and a retry with its idem gets the reply.
+    if (zmsg_send (&out, self->router)) {
+        self->dropped++;
+        //  A flooding client must not flood the log too: warn at 1, 2, 4, 8...
+        if ((self->dropped & (self->dropped - 1)) == 0)
+            ccm_warn ("reply dropped: %s (%llu so far)", zmq_strerror (zmq_errno ()),
+                      (unsigned long long) self->dropped);
+    }
     zmsg_destroy (&out);
     free (reply->body);
     reply->body = NULL;
@@ -395,9 +402,9 @@ store_run (store_t *self)
             s_batch (self, replies);
     }
     ccm_notify ("STOPPING=1");
-    ccm_info ("stopping: %llu requests, %llu refused, %llu commits",
+    ccm_info ("stopping: %llu requests, %llu refused, %llu commits, %llu replies dropped",
               (unsigned long long) self->requests, (unsigned long long) self->errors,
-              (unsigned long long) self->commits);
+              (unsigned long long) self->commits, (unsigned long long) self->dropped);
     free (replies);
     return 0;
 }
