@@ -29,8 +29,8 @@ static const struct {
     const char *name;
     int (*run) (cli_t *cli, int argc, char **argv);
 } s_commands[] = {
-    {"up", cli_cmd_up},           {"down", cli_cmd_down},       {"status", cli_cmd_status},
-    {"config", cli_cmd_config},   {"project", cli_cmd_project}, {"task", cli_cmd_task},
+    {"up", cli_cmd_up},         {"down", cli_cmd_down},       {"status", cli_cmd_status},
+    {"config", cli_cmd_config}, {"project", cli_cmd_project}, {"task", cli_cmd_task},
     {"events", cli_cmd_events},
 };
 

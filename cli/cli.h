@@ -15,34 +15,27 @@ typedef struct {
 } cli_t;
 
 //  Prints "ccm: message" to stderr and returns 1, for `return cli_fail (...)`.
-int
-    cli_fail (const char *format, ...) __attribute__ ((format (printf, 1, 2)));
+int cli_fail (const char *format, ...) __attribute__ ((format (printf, 1, 2)));
 
 //  Prints a usage error to stderr and returns 2.
-int
-    cli_usage (const char *format, ...) __attribute__ ((format (printf, 1, 2)));
+int cli_usage (const char *format, ...) __attribute__ ((format (printf, 1, 2)));
 
 //  Calls the store; on failure prints the error and returns non-zero. On
 //  success *reply_p holds the reply (caller owns). body is borrowed.
-int
-    cli_call (cli_t *cli, const char *verb, cJSON *body, cJSON **reply_p);
+int cli_call (cli_t *cli, const char *verb, cJSON *body, cJSON **reply_p);
 
 //  Adds a fresh idempotency key to body.
-void
-    cli_add_idem (cJSON *body);
+void cli_add_idem (cJSON *body);
 
 //  Prints item as indented JSON on stdout.
-void
-    cli_print_json (cJSON *item);
+void cli_print_json (cJSON *item);
 
 //  Returns the string member key of obj, or "" (borrowed).
-const char *
-    cli_str (cJSON *obj, const char *key);
+const char *cli_str (cJSON *obj, const char *key);
 
 //  Prints text on one line: control characters become spaces, and it is cut
 //  to width display bytes (UTF-8 safe) with "..." when longer.
-void
-    cli_print_cell (const char *text, int width);
+void cli_print_cell (const char *text, int width);
 
 //  Commands. Each returns the process exit code.
 int cli_cmd_up (cli_t *cli, int argc, char **argv);

@@ -80,7 +80,8 @@ s_project_list (cli_t *cli, int argc, char **argv)
     else {
         printf ("%-24s %-8s %s\n", "NAME", "ID", "PATH");
         cJSON *project;
-        cJSON_ArrayForEach (project, projects) {
+        cJSON_ArrayForEach (project, projects)
+        {
             cli_print_cell (cli_str (project, "name"), 24);
             printf (" %.8s %s\n", cli_str (project, "id"), cli_str (project, "path"));
         }
@@ -200,7 +201,8 @@ s_task_list (cli_t *cli, int argc, char **argv)
         printf ("%-8s  %-9s  %-6s  %-16s  %-19s  %s\n", "ID", "STATUS", "PRIO", "PROJECT",
                 "CREATED", "PROMPT");
         cJSON *task;
-        cJSON_ArrayForEach (task, tasks) {
+        cJSON_ArrayForEach (task, tasks)
+        {
             printf ("%.8s  %-9s  %-6s  ", cli_str (task, "id"), cli_str (task, "status"),
                     cli_str (task, "priority"));
             cli_print_cell (cli_str (task, "project"), 16);
@@ -246,8 +248,10 @@ s_task_show (cli_t *cli, int argc, char **argv)
     printf ("prompt:\n%s\n", cli_str (task, "prompt"));
     printf ("events:\n");
     cJSON *event;
-    cJSON_ArrayForEach (event, cJSON_GetObjectItemCaseSensitive (reply, "events")) {
-        char *data = cJSON_PrintUnformatted (cJSON_GetObjectItemCaseSensitive (event, "event_data"));
+    cJSON_ArrayForEach (event, cJSON_GetObjectItemCaseSensitive (reply, "events"))
+    {
+        char *data =
+            cJSON_PrintUnformatted (cJSON_GetObjectItemCaseSensitive (event, "event_data"));
         printf ("  %s  %-10s %s\n", cli_str (event, "created_at"), cli_str (event, "event_type"),
                 data ? data : "");
         free (data);
@@ -327,7 +331,8 @@ s_replay (cli_t *cli, int64_t *last, const char *task)
         if (rc)
             return rc;
         cJSON *event;
-        cJSON_ArrayForEach (event, cJSON_GetObjectItemCaseSensitive (reply, "events")) {
+        cJSON_ArrayForEach (event, cJSON_GetObjectItemCaseSensitive (reply, "events"))
+        {
             char *text = cJSON_PrintUnformatted (event);
             s_print_event (cli, event, text ? text : "{}");
             free (text);

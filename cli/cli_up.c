@@ -27,9 +27,8 @@
 #include <unistd.h>
 
 //  The services in start order; those whose binary is absent are skipped.
-static const char *const s_services[] = {"store",    "router", "executor",
-                                         "hooks",    "sync",   "gateway"};
-#define S_NSERVICES (sizeof s_services / sizeof s_services[0])
+static const char *const s_services[] = {"store", "router", "executor", "hooks", "sync", "gateway"};
+#define S_NSERVICES    (sizeof s_services / sizeof s_services[0])
 #define S_MAX_DELAY_MS 10000
 
 typedef struct {
@@ -86,8 +85,7 @@ s_now (void)
     return ccm_mono_ms ();
 }
 
-static void
-s_log (const char *format, ...) __attribute__ ((format (printf, 1, 2)));
+static void s_log (const char *format, ...) __attribute__ ((format (printf, 1, 2)));
 
 static void
 s_log (const char *format, ...)
@@ -453,8 +451,8 @@ cli_cmd_config (cli_t *cli, int argc, char **argv)
         if (cli->json)
             cJSON_AddStringToObject (out, key->key, ccm_config_str (cli->config, key->key));
         else
-            printf ("%-20s %-44s %s (%s)\n", key->key, ccm_config_str (cli->config, key->key),
-                    env, key->help);
+            printf ("%-20s %-44s %s (%s)\n", key->key, ccm_config_str (cli->config, key->key), env,
+                    key->help);
     }
     if (cli->json)
         cli_print_json (out);

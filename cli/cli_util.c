@@ -39,8 +39,7 @@ cli_call (cli_t *cli, const char *verb, cJSON *body, cJSON **reply_p)
     *reply_p = NULL;
     const char *endpoint = ccm_config_str (cli->config, "store.endpoint");
     if (ccm_bus_reachable (endpoint))
-        return cli_fail ("ccm is not running (no store at %s); start it with 'ccm up'",
-                         endpoint);
+        return cli_fail ("ccm is not running (no store at %s); start it with 'ccm up'", endpoint);
     ccm_client_t *client =
         ccm_client_new (endpoint, (int) ccm_config_int (cli->config, "bus.timeout_ms"),
                         (int) ccm_config_int (cli->config, "bus.retries"));

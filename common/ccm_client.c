@@ -60,9 +60,9 @@ s_wait (ccm_client_t *self, const char *want, cJSON **reply_p)
             return CCM_ETIMEOUT;
         zframe_t *status = zmsg_pop (msg);
         zframe_t *body = zmsg_pop (msg);
-        cJSON *reply = body ? cJSON_ParseWithLength ((const char *) zframe_data (body),
-                                                     zframe_size (body))
-                            : NULL;
+        cJSON *reply =
+            body ? cJSON_ParseWithLength ((const char *) zframe_data (body), zframe_size (body))
+                 : NULL;
         bool ok = status && zframe_streq (status, "ok");
         bool error = status && zframe_streq (status, "error");
         zframe_destroy (&status);

@@ -15,22 +15,18 @@ typedef struct _ccm_client_t ccm_client_t;
 #define CCM_EPROTO   -4  //  the answer was not a valid reply
 
 //  Creates a client of endpoint. Returns NULL on failure. Caller owns.
-ccm_client_t *
-    ccm_client_new (const char *endpoint, int timeout_ms, int retries);
+ccm_client_t *ccm_client_new (const char *endpoint, int timeout_ms, int retries);
 
 //  Destroys the client and sets *self_p to NULL.
-void
-    ccm_client_destroy (ccm_client_t **self_p);
+void ccm_client_destroy (ccm_client_t **self_p);
 
 //  Sends verb with body (borrowed; "v" and "id" are added) and waits for the
 //  reply. Returns 0 with *reply_p set (caller owns), CCM_EREPLY with *reply_p
 //  holding the error body, or CCM_ETIMEOUT / CCM_EPROTO with *reply_p NULL.
-int
-    ccm_client_call (ccm_client_t *self, const char *verb, cJSON *body, cJSON **reply_p);
+int ccm_client_call (ccm_client_t *self, const char *verb, cJSON *body, cJSON **reply_p);
 
 //  Returns the error message inside an error reply body (borrowed), or a
 //  description of rc when there is no reply.
-const char *
-    ccm_client_strerror (int rc, cJSON *reply);
+const char *ccm_client_strerror (int rc, cJSON *reply);
 
 #endif

@@ -24,8 +24,7 @@ static const ccm_config_key_t s_keys[] = {
     {"log_level", CCM_CFG_STRING, "info", "error, warn, info or debug"},
     {"system_id", CCM_CFG_STRING, "", "this machine's system id (empty: derived)"},
     {"store.endpoint", CCM_CFG_STRING, "ipc://{home}/run/store.ipc", "store requests (ROUTER)"},
-    {"store.pub_endpoint", CCM_CFG_STRING, "ipc://{home}/run/events.ipc",
-     "store events (PUB)"},
+    {"store.pub_endpoint", CCM_CFG_STRING, "ipc://{home}/run/events.ipc", "store events (PUB)"},
     {"store.db_path", CCM_CFG_STRING, "{home}/ccm.db", "the SQLite database"},
     {"store.synchronous", CCM_CFG_STRING, "full", "SQLite synchronous: full or normal"},
     {"store.batch_max", CCM_CFG_INT, "1024", "most requests in one group commit"},
@@ -52,8 +51,7 @@ s_index (const char *key)
     return -1;
 }
 
-static char *
-s_printf (const char *format, ...) __attribute__ ((format (printf, 1, 2)));
+static char *s_printf (const char *format, ...) __attribute__ ((format (printf, 1, 2)));
 
 static char *
 s_printf (const char *format, ...)
@@ -105,8 +103,8 @@ s_check (int i, const char *text, const char *origin)
     else if (s_keys[i].type == CCM_CFG_BOOL) {
         if (strcmp (text, "true") && strcmp (text, "false") && strcmp (text, "1")
             && strcmp (text, "0"))
-            return s_printf ("%s: key '%s' must be true or false, got '%s'", origin,
-                             s_keys[i].key, text);
+            return s_printf ("%s: key '%s' must be true or false, got '%s'", origin, s_keys[i].key,
+                             text);
     }
     return NULL;
 }
@@ -127,7 +125,8 @@ static char *
 s_apply_json (ccm_config_t *self, const char *prefix, cJSON *object, const char *origin)
 {
     cJSON *item;
-    cJSON_ArrayForEach (item, object) {
+    cJSON_ArrayForEach (item, object)
+    {
         char key[256];
         snprintf (key, sizeof key, "%s%s%s", prefix, *prefix ? "." : "", item->string);
         int i = s_index (key);

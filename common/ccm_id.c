@@ -24,8 +24,8 @@ ccm_uuid_valid (const char *text)
         return false;
     for (int i = 0; i < CCM_UUID_LEN; i++) {
         bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-        if (dash ? text[i] != '-' : !(isdigit ((unsigned char) text[i])
-                                      || (text[i] >= 'a' && text[i] <= 'f')))
+        if (dash ? text[i] != '-'
+                 : !(isdigit ((unsigned char) text[i]) || (text[i] >= 'a' && text[i] <= 'f')))
             return false;
     }
     return true;

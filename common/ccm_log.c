@@ -35,9 +35,10 @@ ccm_log_write (ccm_log_level_t level, const char *format, ...)
     struct tm tm;
     gmtime_r (&tv.tv_sec, &tm);
     char line[2048];
-    int n = snprintf (line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ %s %s: ",
-                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                      tm.tm_sec, (int) (tv.tv_usec / 1000), s_ident, s_level_names[level]);
+    int n = snprintf (line, sizeof line,
+                      "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ %s %s: ", tm.tm_year + 1900,
+                      tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                      (int) (tv.tv_usec / 1000), s_ident, s_level_names[level]);
     va_list args;
     va_start (args, format);
     int m = vsnprintf (line + n, sizeof line - n - 1, format, args);

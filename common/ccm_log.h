@@ -13,17 +13,14 @@ typedef enum { CCM_LOG_ERROR = 0, CCM_LOG_WARN, CCM_LOG_INFO, CCM_LOG_DEBUG } cc
 extern ccm_log_level_t ccm_log_threshold;
 
 //  Sets the ident printed on every line (borrowed; keep it alive) and the level.
-void
-    ccm_log_init (const char *ident, ccm_log_level_t level);
+void ccm_log_init (const char *ident, ccm_log_level_t level);
 
 //  Parses "error", "warn", "info" or "debug"; returns -1 for anything else.
-int
-    ccm_log_level_parse (const char *name);
+int ccm_log_level_parse (const char *name);
 
 //  Writes one line; use the macros below instead, so disabled levels are free.
-void
-    ccm_log_write (ccm_log_level_t level, const char *format, ...)
-        __attribute__ ((format (printf, 2, 3)));
+void ccm_log_write (ccm_log_level_t level, const char *format, ...)
+    __attribute__ ((format (printf, 2, 3)));
 
 #define ccm_log(level, ...)                                                                        \
     do {                                                                                           \

@@ -26,8 +26,7 @@ ccm_verb_valid (const char *verb, size_t size)
         return false;
     for (size_t i = 0; i < size; i++) {
         char c = verb[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_'
-              || c == '-'))
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'))
             return false;
     }
     return true;
@@ -185,8 +184,8 @@ ccm_get_enum (cJSON *obj, const char *field, bool required, const char *const *a
 }
 
 int
-ccm_get_int (cJSON *obj, const char *field, bool required, int64_t min, int64_t max,
-             int64_t *out, ccm_error_t *err)
+ccm_get_int (cJSON *obj, const char *field, bool required, int64_t min, int64_t max, int64_t *out,
+             ccm_error_t *err)
 {
     cJSON *item;
     int found = s_lookup (obj, field, required, &item, err);

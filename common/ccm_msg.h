@@ -23,55 +23,44 @@ typedef struct {
 } ccm_error_t;
 
 //  Fills err and returns -1, so a reader can `return ccm_fail (...)`.
-int
-    ccm_fail (ccm_error_t *err, const char *code, const char *field, const char *format, ...)
-        __attribute__ ((format (printf, 4, 5)));
+int ccm_fail (ccm_error_t *err, const char *code, const char *field, const char *format, ...)
+    __attribute__ ((format (printf, 4, 5)));
 
 //  True if verb (of size bytes, not NUL-terminated) is 1-64 bytes of [a-z0-9._-].
-bool
-    ccm_verb_valid (const char *verb, size_t size);
+bool ccm_verb_valid (const char *verb, size_t size);
 
 //  Parses a body frame: checks the size against max, the JSON, that it is an
 //  object, and that "v" is 1. Returns the object (caller owns) or NULL with err set.
-cJSON *
-    ccm_msg_parse_body (const void *data, size_t size, size_t max, ccm_error_t *err);
+cJSON *ccm_msg_parse_body (const void *data, size_t size, size_t max, ccm_error_t *err);
 
 //  Builds an error reply body {"v":1,"error":{code,field,message}}; caller owns.
-cJSON *
-    ccm_msg_error_body (const ccm_error_t *err);
+cJSON *ccm_msg_error_body (const ccm_error_t *err);
 
 //  True if bytes are valid UTF-8 (no overlongs, no surrogates).
-bool
-    ccm_utf8_valid (const char *bytes, size_t size);
+bool ccm_utf8_valid (const char *bytes, size_t size);
 
 //  Field readers. Each returns 0 and sets *out (borrowed from obj; left
 //  untouched when the field is absent and optional), or -1 with err naming
 //  the field. max is the largest byte length allowed (0: no limit).
-int
-    ccm_get_string (cJSON *obj, const char *field, bool required, size_t max, const char **out,
+int ccm_get_string (cJSON *obj, const char *field, bool required, size_t max, const char **out,
                     ccm_error_t *err);
 
 //  Reads a string that must be one of allowed (a NULL-terminated list).
-int
-    ccm_get_enum (cJSON *obj, const char *field, bool required, const char *const *allowed,
+int ccm_get_enum (cJSON *obj, const char *field, bool required, const char *const *allowed,
                   const char **out, ccm_error_t *err);
 
 //  Reads an integer within [min, max].
-int
-    ccm_get_int (cJSON *obj, const char *field, bool required, int64_t min, int64_t max,
+int ccm_get_int (cJSON *obj, const char *field, bool required, int64_t min, int64_t max,
                  int64_t *out, ccm_error_t *err);
 
 //  Reads a boolean.
-int
-    ccm_get_bool (cJSON *obj, const char *field, bool required, bool *out, ccm_error_t *err);
+int ccm_get_bool (cJSON *obj, const char *field, bool required, bool *out, ccm_error_t *err);
 
 //  Reads an object (borrowed).
-int
-    ccm_get_object (cJSON *obj, const char *field, bool required, cJSON **out, ccm_error_t *err);
+int ccm_get_object (cJSON *obj, const char *field, bool required, cJSON **out, ccm_error_t *err);
 
 //  Reads an array (borrowed) of min..max items.
-int
-    ccm_get_array (cJSON *obj, const char *field, bool required, int min, int max, cJSON **out,
+int ccm_get_array (cJSON *obj, const char *field, bool required, int min, int max, cJSON **out,
                    ccm_error_t *err);
 
 #endif

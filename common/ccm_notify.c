@@ -38,7 +38,7 @@ ccm_notify_watchdog_ms (void)
     const char *pid = getenv ("WATCHDOG_PID");
     if (!usec)
         return 0;
-    if (pid && atol (pid) != (long) getpid ())
+    if (pid && *pid && atol (pid) != (long) getpid ())
         return 0;
     return atoll (usec) / 1000;
 }

@@ -8,11 +8,9 @@
 #include <stdint.h>
 
 //  Sends state (e.g. "READY=1") to systemd; returns 0, or -1 if it could not be sent.
-int
-    ccm_notify (const char *state);
+int ccm_notify (const char *state);
 
 //  Returns the watchdog interval in ms that systemd asked for, or 0 if none.
-int64_t
-    ccm_notify_watchdog_ms (void);
+int64_t ccm_notify_watchdog_ms (void);
 
 #endif

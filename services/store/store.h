@@ -13,15 +13,12 @@ typedef struct _store_t store_t;
 
 //  Opens (creating, mode 0600) and migrates the database, then binds the
 //  request and event sockets. Returns NULL with *error set (caller frees).
-store_t *
-    store_new (ccm_config_t *config, char **error);
+store_t *store_new (ccm_config_t *config, char **error);
 
 //  Closes sockets and the database; sets *self_p to NULL.
-void
-    store_destroy (store_t **self_p);
+void store_destroy (store_t **self_p);
 
 //  Runs the request loop until SIGINT/SIGTERM. Returns 0 on a clean stop.
-int
-    store_run (store_t *self);
+int store_run (store_t *self);
 
 #endif

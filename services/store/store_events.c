@@ -10,7 +10,7 @@
 #include "ccm_log.h"
 
 #define S_EVENT_JSON                                                                               \
-    "json_object('v', 1, 'seq', seq, 'topic', topic, 'ts', ts, 'entity', entity,"                 \
+    "json_object('v', 1, 'seq', seq, 'topic', topic, 'ts', ts, 'entity', entity,"                  \
     " 'entity_id', entity_id, 'task_id', task_id, 'data', json(data))"
 
 int

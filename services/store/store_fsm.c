@@ -13,10 +13,10 @@ static const struct {
     const char *from;
     const char *to;
 } s_moves[] = {
-    {"created", "queued"},      {"created", "cancelled"},   {"queued", "assigned"},
-    {"queued", "failed"},       {"queued", "cancelled"},    {"assigned", "executing"},
-    {"assigned", "queued"},     {"assigned", "failed"},     {"assigned", "cancelled"},
-    {"executing", "complete"},  {"executing", "failed"},    {"executing", "queued"},
+    {"created", "queued"},      {"created", "cancelled"}, {"queued", "assigned"},
+    {"queued", "failed"},       {"queued", "cancelled"},  {"assigned", "executing"},
+    {"assigned", "queued"},     {"assigned", "failed"},   {"assigned", "cancelled"},
+    {"executing", "complete"},  {"executing", "failed"},  {"executing", "queued"},
     {"executing", "cancelled"}, {"failed", "queued"},
 };
 

@@ -61,7 +61,8 @@ store_hook_add (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
         return ccm_fail (err, "internal", "", "out of memory");
     int i = 0;
     cJSON *item;
-    cJSON_ArrayForEach (item, events) {
+    cJSON_ArrayForEach (item, events)
+    {
         if (s_read (item, i, &hooks[i], err)) {
             free (hooks);
             return -1;

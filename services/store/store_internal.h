@@ -47,28 +47,22 @@ struct _store_t {
 
 //  Opens path (created with mode 0600), sets WAL and the pragmas, and applies
 //  pending migrations. Returns the handle or NULL with *error set.
-sqlite3 *
-    store_db_open (const char *path, const char *synchronous, char **error);
+sqlite3 *store_db_open (const char *path, const char *synchronous, char **error);
 
 //  Prepares sql on db; logs and returns NULL on failure.
-sqlite3_stmt *
-    store_db_prepare (sqlite3 *db, const char *sql);
+sqlite3_stmt *store_db_prepare (sqlite3 *db, const char *sql);
 
 //  Steps a statement that returns no rows and resets it; returns the SQLite code.
-int
-    store_db_run (sqlite3_stmt *stmt);
+int store_db_run (sqlite3_stmt *stmt);
 
 //  Binds text, or NULL when text is NULL.
-void
-    store_db_bind_text (sqlite3_stmt *stmt, int index, const char *text);
+void store_db_bind_text (sqlite3_stmt *stmt, int index, const char *text);
 
 //  Maps a failed SQLite call to a protocol error (conflict, bad_field, internal).
-int
-    store_db_fail (store_t *self, ccm_error_t *err, const char *what);
+int store_db_fail (store_t *self, ccm_error_t *err, const char *what);
 
 //  The newest committed seq, 0 for an empty log.
-int64_t
-    store_db_last_seq (sqlite3 *db);
+int64_t store_db_last_seq (sqlite3 *db);
 
 //  Handlers, by module.
 store_handler_fn store_ping, store_stats;
@@ -79,12 +73,10 @@ store_handler_fn store_hook_add;
 store_handler_fn store_events_since;
 
 //  Publishes every event committed since the last call on the PUB socket.
-void
-    store_events_publish (store_t *self);
+void store_events_publish (store_t *self);
 
 //  Adds the JSON text of each row of stmt's first column to array as raw items;
 //  returns the number of rows, or -1 on a database error.
-int
-    store_db_collect_json (sqlite3_stmt *stmt, cJSON *array);
+int store_db_collect_json (sqlite3_stmt *stmt, cJSON *array);
 
 #endif

@@ -40,10 +40,10 @@ static const struct {
 //  A reply waiting for COMMIT.
 typedef struct {
     zframe_t *identity;
-    bool delimiter;   //  the client is a REQ socket: echo its empty frame
-    bool write;       //  only writes are undone by a failed COMMIT
+    bool delimiter;  //  the client is a REQ socket: echo its empty frame
+    bool write;      //  only writes are undone by a failed COMMIT
     bool ok;
-    char *body;       //  JSON text, "id" already inside
+    char *body;  //  JSON text, "id" already inside
 } s_reply_t;
 
 //  Returns reply text with the correlation id (if any) inserted first.
@@ -208,8 +208,7 @@ s_send_reply (store_t *self, s_reply_t *reply)
     if (reply->delimiter)
         zmsg_addmem (out, "", 0);
     zmsg_addstr (out, reply->ok ? "ok" : "error");
-    zmsg_addmem (out, reply->body ? reply->body : "{}",
-                 reply->body ? strlen (reply->body) : 2);
+    zmsg_addmem (out, reply->body ? reply->body : "{}", reply->body ? strlen (reply->body) : 2);
     //  ROUTER_MANDATORY and a zero send timeout: a client that went away
     //  (EHOSTUNREACH) or stopped reading (EAGAIN) loses its reply; its write
     //  is committed all the same, and a retry with its idem gets the reply.
@@ -325,8 +324,8 @@ store_new (ccm_config_t *config, char **error)
     char run[4096];
     snprintf (run, sizeof run, "ipc://%s/run/store.lock", ccm_config_home (config));
     if (ccm_bus_prepare (run) || s_lock (self, error)) {
-        if (!*error && asprintf (error, "%s/run: %s", ccm_config_home (config), strerror (errno))
-                           < 0)
+        if (!*error
+            && asprintf (error, "%s/run: %s", ccm_config_home (config), strerror (errno)) < 0)
             *error = NULL;
         store_destroy (&self);
         return NULL;
@@ -363,9 +362,9 @@ store_destroy (store_t **self_p)
         store_t *self = *self_p;
         zsock_destroy (&self->router);
         zsock_destroy (&self->pub);
-        sqlite3_stmt *stmts[] = {self->begin,       self->commit,      self->rollback,
-                                 self->savepoint,   self->release,     self->rollback_to,
-                                 self->idem_get,    self->idem_put,    self->hook_insert,
+        sqlite3_stmt *stmts[] = {self->begin,       self->commit,   self->rollback,
+                                 self->savepoint,   self->release,  self->rollback_to,
+                                 self->idem_get,    self->idem_put, self->hook_insert,
                                  self->events_after};
         for (size_t i = 0; i < sizeof stmts / sizeof stmts[0]; i++)
             sqlite3_finalize (stmts[i]);

@@ -12,22 +12,22 @@
 
 //  One task as protocol.md's TASK object, from tasks t LEFT JOIN projects p.
 #define S_TASK_JSON                                                                                \
-    "json_object('id', t.id, 'short_id', substr(t.id, 1, 8), 'project_id', t.project_id,"         \
-    " 'project', p.name, 'system_id', t.system_id, 'parent_task_id', t.parent_task_id,"           \
-    " 'task_type', t.task_type, 'status', t.status, 'status_reason', t.status_reason,"            \
-    " 'prompt', t.prompt, 'priority', t.priority, 'attempts', t.attempts,"                        \
+    "json_object('id', t.id, 'short_id', substr(t.id, 1, 8), 'project_id', t.project_id,"          \
+    " 'project', p.name, 'system_id', t.system_id, 'parent_task_id', t.parent_task_id,"            \
+    " 'task_type', t.task_type, 'status', t.status, 'status_reason', t.status_reason,"             \
+    " 'prompt', t.prompt, 'priority', t.priority, 'attempts', t.attempts,"                         \
     " 'requires_project', t.requires_project,"                                                     \
-    " 'requires_context_metadata', json(t.requires_context_metadata),"                            \
-    " 'metadata', json(t.metadata), 'input_data', json(t.input_data),"                            \
-    " 'requires_supabase', json(CASE t.requires_supabase WHEN 1 THEN 'true' ELSE 'false' END),"   \
+    " 'requires_context_metadata', json(t.requires_context_metadata),"                             \
+    " 'metadata', json(t.metadata), 'input_data', json(t.input_data),"                             \
+    " 'requires_supabase', json(CASE t.requires_supabase WHEN 1 THEN 'true' ELSE 'false' END),"    \
     " 'locked_at', t.locked_at, 'locked_by', t.locked_by,"                                         \
-    " 'created_at', t.created_at, 'updated_at', t.updated_at, 'started_at', t.started_at,"        \
+    " 'created_at', t.created_at, 'updated_at', t.updated_at, 'started_at', t.started_at,"         \
     " 'completed_at', t.completed_at)"                                                             \
     " FROM tasks t LEFT JOIN projects p ON p.id = t.project_id"
 
 #define S_PROJECT_JSON                                                                             \
-    "json_object('id', id, 'name', name, 'path', path, 'repo_url', repo_url,"                     \
-    " 'config', json(config), 'system_id', system_id, 'created_at', created_at)"                  \
+    "json_object('id', id, 'name', name, 'path', path, 'repo_url', repo_url,"                      \
+    " 'config', json(config), 'system_id', system_id, 'created_at', created_at)"                   \
     " FROM projects"
 
 static const char *const s_priorities[] = {"low", "normal", "high", "urgent", NULL};
@@ -182,8 +182,7 @@ store_project_add (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     free (config_text);
     if (rc) {
         if ((sqlite3_extended_errcode (self->db) & 0xff) == SQLITE_CONSTRAINT)
-            return ccm_fail (err, "conflict", "name", "name: a project '%s' already exists",
-                             name);
+            return ccm_fail (err, "conflict", "name", "name: a project '%s' already exists", name);
         return store_db_fail (self, err, "project.add");
     }
     stmt = store_db_prepare (self->db, "SELECT " S_PROJECT_JSON " WHERE id = ?");
@@ -318,8 +317,7 @@ store_task_add (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
         int found = sqlite3_step (stmt) == SQLITE_ROW;
         sqlite3_finalize (stmt);
         if (!found)
-            return ccm_fail (err, "not_found", "system_id", "system_id: no system '%s'",
-                             system_id);
+            return ccm_fail (err, "not_found", "system_id", "system_id: no system '%s'", system_id);
     }
     if (!requires_project && project)
         requires_project = project_name;
@@ -422,9 +420,11 @@ store_task_list (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     char project_id[CCM_UUID_LEN + 1] = "", project_name[65];
     if (project && s_resolve_project (self, "project", project, project_id, project_name, err))
         return -1;
-    const char *where = " WHERE (?1 IS NULL OR t.status = ?1) AND (?2 IS NULL OR t.project_id = ?2)";
+    const char *where =
+        " WHERE (?1 IS NULL OR t.status = ?1) AND (?2 IS NULL OR t.project_id = ?2)";
     char sql[2048];
-    snprintf (sql, sizeof sql, "SELECT %s%s ORDER BY t.created_at DESC, t.rowid DESC LIMIT ?3 OFFSET ?4",
+    snprintf (sql, sizeof sql,
+              "SELECT %s%s ORDER BY t.created_at DESC, t.rowid DESC LIMIT ?3 OFFSET ?4",
               S_TASK_JSON, where);
     sqlite3_stmt *stmt = store_db_prepare (self->db, sql);
     if (!stmt)
