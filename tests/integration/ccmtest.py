@@ -343,7 +343,9 @@ class Home:
 
     def restart(self, timeout=START_TIMEOUT):
         """Stops the store if it runs (SIGTERM), starts it again on the same home."""
-        self.stop()
+        code = self.stop()
+        if code not in (None, 0):
+            raise AssertionError(f"ccm-store exited with {code} on SIGTERM:\n" + self.stderr_tail())
         self.close_client()
         return self.start(timeout)
 
@@ -482,12 +484,15 @@ class Home:
     def reap_all(self):
         """Ends every process started on this home: ours by Popen, then any
         descendant left (e.g. a store started by `ccm up`), found by its
-        CCM_HOME in /proc/PID/environ. Returns the pids that had to be killed."""
+        CCM_HOME in /proc/PID/environ. Returns what went wrong: pids that had
+        to be killed, a store that did not exit 0 on SIGTERM."""
         leftovers = []
         self.close_client()
         if self.proc is not None:
             try:
-                self.stop(timeout=5)
+                code = self.stop(timeout=10)
+                if code != 0:
+                    leftovers.append(f"ccm-store exited with {code} on SIGTERM")
             except AssertionError:
                 leftovers.append("ccm-store (ignored SIGTERM)")
         for proc in self.children:
@@ -515,8 +520,31 @@ class Home:
             wait_until(lambda: not self.processes(), 5)
         return leftovers
 
+    SANITIZER = re.compile(r"ERROR: (Address|Leak|Thread|Memory)Sanitizer|runtime error:|"
+                           r"AddressSanitizer:DEADLYSIGNAL")
+
+    def sanitizer_reports(self):
+        """Sanitizer reports in the logs of processes run on this home."""
+        found = []
+        for root, _, files in os.walk(self.path):
+            for name in files:
+                if name.endswith((".stderr", ".log", ".out", ".err")):
+                    try:
+                        with open(os.path.join(root, name), "rb") as f:
+                            text = f.read().decode("utf-8", "replace")
+                    except OSError:
+                        continue
+                    for line in text.splitlines():
+                        if self.SANITIZER.search(line):
+                            found.append(f"{name}: {line.strip()}")
+        return found
+
     def cleanup(self):
+        """Reaps everything, removes the home; returns the problems found."""
         leftovers = self.reap_all()
+        leftovers += self.sanitizer_reports()
+        if leftovers:
+            leftovers.append("store stderr tail:\n" + self.stderr_tail(20))
         for con in self._dbs:
             con.close()
         self._dbs = []
@@ -542,8 +570,10 @@ class CcmTestCase(unittest.TestCase):
 
     def _cleanup_home(self, home):
         leftovers = home.cleanup()
-        # A process left running on the home is a bug of the binaries (or of a test).
-        self.assertEqual(leftovers, [], "processes were still running on the test home at cleanup")
+        # A process left running, a store that did not exit 0 on SIGTERM, or a
+        # sanitizer report is a bug of the binaries (or of a test).
+        if leftovers:
+            self.fail("the test home did not end clean:\n" + "\n".join(map(str, leftovers)))
 
     def assertOk(self, reply, msg=None):
         if not reply.ok:
