@@ -16,12 +16,17 @@ static const char s_help[] =
     "  project add NAME PATH         register a project\n"
     "  project list\n"
     "  task add [--project P] [--priority low|normal|high|urgent]\n"
-    "           [--type worker|supervisory|manager] -- PROMPT...\n"
+    "           [--type worker|supervisory|manager] [--agent PROFILE] [--timeout S]\n"
+    "           -- PROMPT...\n"
     "                                submit a task; prints its id\n"
     "  task list [--status S] [--project P] [--limit N]\n"
     "  task show ID                  a task and its events (ID: a unique prefix works)\n"
     "  task cancel ID\n"
     "  events [--since SEQ] [--follow] [--task ID]\n"
+    "  worktree list [--status S] | merge ID | discard ID [--force] | prune\n"
+    "  logs ID [--follow]            the agent's full output\n"
+    "  attach ID                     attach to the agent's tmux window\n"
+    "  send ID TEXT                  type TEXT into a running interactive agent\n"
     "\n"
     "Every listing takes --json. CCM_HOME (default ~/.ccm) selects the instance.\n";
 
@@ -29,9 +34,10 @@ static const struct {
     const char *name;
     int (*run) (cli_t *cli, int argc, char **argv);
 } s_commands[] = {
-    {"up", cli_cmd_up},         {"down", cli_cmd_down},       {"status", cli_cmd_status},
-    {"config", cli_cmd_config}, {"project", cli_cmd_project}, {"task", cli_cmd_task},
-    {"events", cli_cmd_events},
+    {"up", cli_cmd_up},         {"down", cli_cmd_down},         {"status", cli_cmd_status},
+    {"config", cli_cmd_config}, {"project", cli_cmd_project},   {"task", cli_cmd_task},
+    {"events", cli_cmd_events}, {"worktree", cli_cmd_worktree}, {"logs", cli_cmd_logs},
+    {"attach", cli_cmd_attach}, {"send", cli_cmd_send},
 };
 
 int

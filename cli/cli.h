@@ -45,5 +45,9 @@ int cli_cmd_config (cli_t *cli, int argc, char **argv);
 int cli_cmd_project (cli_t *cli, int argc, char **argv);
 int cli_cmd_task (cli_t *cli, int argc, char **argv);
 int cli_cmd_events (cli_t *cli, int argc, char **argv);
+int cli_cmd_worktree (cli_t *cli, int argc, char **argv);
+int cli_cmd_logs (cli_t *cli, int argc, char **argv);
+int cli_cmd_attach (cli_t *cli, int argc, char **argv);
+int cli_cmd_send (cli_t *cli, int argc, char **argv);
 
 #endif

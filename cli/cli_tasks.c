@@ -133,6 +133,10 @@ s_task_add (cli_t *cli, int argc, char **argv)
             key = "priority";
         else if (strcmp (option, "--type") == 0)
             key = "task_type";
+        else if (strcmp (option, "--agent") == 0)
+            key = "agent";
+        else if (strcmp (option, "--timeout") == 0)
+            key = "timeout_s";
         else if (strncmp (option, "--", 2) == 0) {
             cJSON_Delete (body);
             return cli_usage ("task add: unknown option '%s'", option);
@@ -145,12 +149,24 @@ s_task_add (cli_t *cli, int argc, char **argv)
             return 2;
         }
         cJSON_DeleteItemFromObjectCaseSensitive (body, key);
-        cJSON_AddStringToObject (body, key, value);
+        if (strcmp (key, "timeout_s") == 0) {
+            char *end;
+            long seconds = strtol (value, &end, 10);
+            if (*end || seconds <= 0) {
+                cJSON_Delete (body);
+                return cli_usage ("--timeout: '%s' is not a number of seconds", value);
+            }
+            cJSON_AddNumberToObject (body, key, (double) seconds);
+        }
+        else
+            cJSON_AddStringToObject (body, key, value);
     }
     if (i >= argc) {
         cJSON_Delete (body);
-        return cli_usage ("usage: ccm task add [--project P] [--priority low|normal|high|urgent] "
-                          "[--type worker|supervisory|manager] -- PROMPT...");
+        return cli_usage (
+            "usage: ccm task add [--project P] [--priority low|normal|high|urgent] "
+            "[--type worker|supervisory|manager] [--agent PROFILE] [--timeout SECONDS] "
+            "-- PROMPT...");
     }
     char *prompt = s_join (argc - i, argv + i);
     cJSON_AddStringToObject (body, "prompt", prompt);

@@ -33,6 +33,20 @@ static const ccm_config_key_t s_keys[] = {
     {"bus.timeout_ms", CCM_CFG_INT, "3000", "request timeout before a retry"},
     {"bus.retries", CCM_CFG_INT, "3", "retries of a request (Lazy Pirate)"},
     {"up.restart_delay_ms", CCM_CFG_INT, "500", "first delay before restarting a service"},
+    {"executor.machine_id", CCM_CFG_STRING, "", "this machine's id (empty: /etc/machine-id)"},
+    {"executor.hostname", CCM_CFG_STRING, "", "this machine's name (empty: gethostname)"},
+    {"executor.tags", CCM_CFG_STRING, "", "comma-separated tags of this system"},
+    {"executor.capacity", CCM_CFG_INT, "4", "most agents running at once"},
+    {"executor.poll_ms", CCM_CFG_INT, "250", "how often agents and the queue are checked"},
+    {"executor.default_profile", CCM_CFG_STRING, "claude", "agent profile of tasks naming none"},
+    {"executor.profiles_file", CCM_CFG_STRING, "{home}/profiles.json",
+     "extra agent profiles (JSON object of name: profile)"},
+    {"executor.tmux_socket", CCM_CFG_STRING, "{home}/run/tmux.sock", "ccm's own tmux server"},
+    {"executor.worktrees", CCM_CFG_STRING, "{home}/worktrees", "where task worktrees live"},
+    {"executor.logs", CCM_CFG_STRING, "{home}/logs", "full agent output, one file per task"},
+    {"executor.kill_grace_ms", CCM_CFG_INT, "3000", "SIGTERM to SIGKILL delay"},
+    {"executor.claude_config_dir", CCM_CFG_STRING, "",
+     "Claude Code config dir for trust pre-acceptance (empty: $CLAUDE_CONFIG_DIR or ~)"},
     {NULL, CCM_CFG_STRING, NULL, NULL}};
 
 #define S_NKEYS (sizeof s_keys / sizeof s_keys[0] - 1)

@@ -64,13 +64,36 @@ int store_db_fail (store_t *self, ccm_error_t *err, const char *what);
 //  The newest committed seq, 0 for an empty log.
 int64_t store_db_last_seq (sqlite3 *db);
 
+//  One task as protocol.md's TASK object, from tasks t LEFT JOIN projects p.
+#define STORE_TASK_JSON                                                                            \
+    "json_object('id', t.id, 'short_id', substr(t.id, 1, 8), 'project_id', t.project_id,"          \
+    " 'project', p.name, 'system_id', t.system_id, 'parent_task_id', t.parent_task_id,"            \
+    " 'task_type', t.task_type, 'status', t.status, 'status_reason', t.status_reason,"             \
+    " 'prompt', t.prompt, 'priority', t.priority, 'attempts', t.attempts,"                         \
+    " 'requires_project', t.requires_project,"                                                     \
+    " 'requires_context_metadata', json(t.requires_context_metadata),"                             \
+    " 'metadata', json(t.metadata), 'input_data', json(t.input_data),"                             \
+    " 'requires_supabase', json(CASE t.requires_supabase WHEN 1 THEN 'true' ELSE 'false' END),"    \
+    " 'locked_at', t.locked_at, 'locked_by', t.locked_by,"                                         \
+    " 'created_at', t.created_at, 'updated_at', t.updated_at, 'started_at', t.started_at,"         \
+    " 'completed_at', t.completed_at, 'agent_profile', t.agent_profile, 'timeout_s', t.timeout_s)" \
+    " FROM tasks t LEFT JOIN projects p ON p.id = t.project_id"
+
+//  Moves task id to status to (the state machine decides), records a
+//  task_events row, optionally a task_results row (result, borrowed) and the
+//  lock holder (locked_by, for "assigned"), and adds the TASK to reply if not NULL.
+int store_task_move (store_t *self, const char *id, const char *to, const char *reason,
+                     cJSON *result, const char *locked_by, cJSON *reply, ccm_error_t *err);
+
 //  Handlers, by module.
 store_handler_fn store_ping, store_stats;
 store_handler_fn store_project_add, store_project_list;
 store_handler_fn store_task_add, store_task_get, store_task_list, store_task_transition,
-    store_task_cancel;
+    store_task_cancel, store_task_result;
 store_handler_fn store_hook_add;
 store_handler_fn store_events_since;
+store_handler_fn store_system_register, store_context_upsert, store_task_claim, store_agent_upsert,
+    store_worktree_upsert, store_worktree_list;
 
 //  Publishes every event committed since the last call on the PUB socket.
 void store_events_publish (store_t *self);

@@ -35,6 +35,13 @@ static const struct {
     {"task.cancel", true, store_task_cancel},
     {"hook.add", true, store_hook_add},
     {"events.since", false, store_events_since},
+    {"system.register", true, store_system_register},
+    {"context.upsert", true, store_context_upsert},
+    {"task.claim", true, store_task_claim},
+    {"task.result", true, store_task_result},
+    {"agent.upsert", true, store_agent_upsert},
+    {"worktree.upsert", true, store_worktree_upsert},
+    {"worktree.list", false, store_worktree_list},
 };
 
 //  A reply waiting for COMMIT.

@@ -10,21 +10,6 @@
 
 #define S_NOW "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
 
-//  One task as protocol.md's TASK object, from tasks t LEFT JOIN projects p.
-#define S_TASK_JSON                                                                                \
-    "json_object('id', t.id, 'short_id', substr(t.id, 1, 8), 'project_id', t.project_id,"          \
-    " 'project', p.name, 'system_id', t.system_id, 'parent_task_id', t.parent_task_id,"            \
-    " 'task_type', t.task_type, 'status', t.status, 'status_reason', t.status_reason,"             \
-    " 'prompt', t.prompt, 'priority', t.priority, 'attempts', t.attempts,"                         \
-    " 'requires_project', t.requires_project,"                                                     \
-    " 'requires_context_metadata', json(t.requires_context_metadata),"                             \
-    " 'metadata', json(t.metadata), 'input_data', json(t.input_data),"                             \
-    " 'requires_supabase', json(CASE t.requires_supabase WHEN 1 THEN 'true' ELSE 'false' END),"    \
-    " 'locked_at', t.locked_at, 'locked_by', t.locked_by,"                                         \
-    " 'created_at', t.created_at, 'updated_at', t.updated_at, 'started_at', t.started_at,"         \
-    " 'completed_at', t.completed_at)"                                                             \
-    " FROM tasks t LEFT JOIN projects p ON p.id = t.project_id"
-
 #define S_PROJECT_JSON                                                                             \
     "json_object('id', id, 'name', name, 'path', path, 'repo_url', repo_url,"                      \
     " 'config', json(config), 'system_id', system_id, 'created_at', created_at)"                   \
@@ -208,9 +193,59 @@ store_project_list (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
 
 //  Moves task id from its status to "to", records a task_events row, and
 //  adds the updated TASK to reply.
+static const char *const s_result_statuses[] = {"complete", "failed",  "cancelled",
+                                                "timeout",  "crashed", NULL};
+
+//  Records a task_results row for task id from result (validated here).
 static int
-s_transition (store_t *self, const char *id, const char *to, const char *reason, cJSON *reply,
-              ccm_error_t *err)
+s_add_result (store_t *self, const char *id, cJSON *result, ccm_error_t *err)
+{
+    const char *status = NULL, *output = NULL, *agent_id = NULL;
+    cJSON *files = NULL, *details = NULL;
+    int64_t exit_code = 0;
+    bool has_exit = cJSON_GetObjectItemCaseSensitive (result, "exit_code") != NULL;
+    if (ccm_get_enum (result, "status", true, s_result_statuses, &status, err)
+        || ccm_get_string (result, "output", false, 1 << 20, &output, err)
+        || ccm_get_string (result, "agent_id", false, 128, &agent_id, err)
+        || ccm_get_array (result, "files_changed", false, 0, 100000, &files, err)
+        || ccm_get_int (result, "exit_code", false, -1000, 1000, &exit_code, err)
+        || ccm_get_object (result, "details", false, &details, err)) {
+        char field[sizeof err->field];
+        snprintf (field, sizeof field, "result.%.50s", err->field);
+        snprintf (err->field, sizeof err->field, "%s", field);
+        return -1;
+    }
+    char result_id[CCM_UUID_LEN + 1];
+    ccm_uuid (result_id);
+    char *files_text = files ? cJSON_PrintUnformatted (files) : strdup ("[]");
+    char *details_text = details ? cJSON_PrintUnformatted (details) : NULL;
+    sqlite3_stmt *stmt = store_db_prepare (
+        self->db, "INSERT INTO task_results (id, task_id, agent_id, status, output, files_changed,"
+                  " exit_code, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+    int rc = SQLITE_ERROR;
+    if (stmt && files_text) {
+        sqlite3_bind_text (stmt, 1, result_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text (stmt, 2, id, -1, SQLITE_STATIC);
+        store_db_bind_text (stmt, 3, agent_id);
+        sqlite3_bind_text (stmt, 4, status, -1, SQLITE_STATIC);
+        store_db_bind_text (stmt, 5, output);
+        sqlite3_bind_text (stmt, 6, files_text, -1, SQLITE_STATIC);
+        if (has_exit)
+            sqlite3_bind_int64 (stmt, 7, exit_code);
+        else
+            sqlite3_bind_null (stmt, 7);
+        store_db_bind_text (stmt, 8, details_text);
+        rc = sqlite3_step (stmt);
+    }
+    sqlite3_finalize (stmt);
+    free (files_text);
+    free (details_text);
+    return rc == SQLITE_DONE ? 0 : store_db_fail (self, err, "result");
+}
+
+int
+store_task_move (store_t *self, const char *id, const char *to, const char *reason, cJSON *result,
+                 const char *locked_by, cJSON *reply, ccm_error_t *err)
 {
     sqlite3_stmt *stmt =
         store_db_prepare (self->db, "SELECT status, attempts FROM tasks WHERE id = ?");
@@ -231,27 +266,31 @@ s_transition (store_t *self, const char *id, const char *to, const char *reason,
         return ccm_fail (err, "illegal_transition", "to", "%s", why);
 
     stmt = store_db_prepare (
-        self->db,
-        "UPDATE tasks SET status = ?2, status_reason = ?3,"
-        " attempts = attempts + (?2 = 'assigned'),"
-        " updated_at = " S_NOW ","
-        " started_at = CASE WHEN ?2 = 'executing' THEN " S_NOW " ELSE started_at END,"
-        " completed_at = CASE WHEN ?2 IN ('complete', 'failed', 'cancelled') THEN " S_NOW
-        " WHEN ?2 = 'queued' THEN NULL ELSE completed_at END,"
-        " locked_at = CASE WHEN ?2 IN ('queued', 'complete', 'failed', 'cancelled') THEN NULL"
-        " ELSE locked_at END,"
-        " locked_by = CASE WHEN ?2 IN ('queued', 'complete', 'failed', 'cancelled') THEN NULL"
-        " ELSE locked_by END"
-        " WHERE id = ?1");
+        self->db, "UPDATE tasks SET status = ?2, status_reason = ?3,"
+                  " attempts = attempts + (?2 = 'assigned'),"
+                  " updated_at = " S_NOW ","
+                  " started_at = CASE WHEN ?2 = 'executing' THEN " S_NOW " ELSE started_at END,"
+                  " completed_at = CASE WHEN ?2 IN ('complete', 'failed', 'cancelled') THEN " S_NOW
+                  " WHEN ?2 = 'queued' THEN NULL ELSE completed_at END,"
+                  " locked_at = CASE WHEN ?2 = 'assigned' THEN " S_NOW
+                  " WHEN ?2 IN ('queued', 'complete', 'failed', 'cancelled') THEN NULL"
+                  " ELSE locked_at END,"
+                  " locked_by = CASE WHEN ?2 = 'assigned' THEN ?4"
+                  " WHEN ?2 IN ('queued', 'complete', 'failed', 'cancelled') THEN NULL"
+                  " ELSE locked_by END"
+                  " WHERE id = ?1");
     if (!stmt)
         return store_db_fail (self, err, "task.transition");
     sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
     sqlite3_bind_text (stmt, 2, to, -1, SQLITE_STATIC);
     store_db_bind_text (stmt, 3, reason);
+    store_db_bind_text (stmt, 4, locked_by);
     int rc = sqlite3_step (stmt);
     sqlite3_finalize (stmt);
     if (rc != SQLITE_DONE)
         return store_db_fail (self, err, "task.transition");
+    if (result && s_add_result (self, id, result, err))
+        return -1;
 
     char event_id[CCM_UUID_LEN + 1];
     ccm_uuid (event_id);
@@ -274,7 +313,7 @@ s_transition (store_t *self, const char *id, const char *to, const char *reason,
         return store_db_fail (self, err, "task.transition");
     if (!reply)
         return 0;
-    stmt = store_db_prepare (self->db, "SELECT " S_TASK_JSON " WHERE t.id = ?");
+    stmt = store_db_prepare (self->db, "SELECT " STORE_TASK_JSON " WHERE t.id = ?");
     if (!stmt)
         return store_db_fail (self, err, "task");
     sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
@@ -289,6 +328,8 @@ store_task_add (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     const char *prompt = NULL, *project = NULL, *priority = "normal", *task_type = "worker";
     const char *system_id = NULL, *requires_project = NULL, *parent = NULL;
     cJSON *metadata = NULL, *input_data = NULL, *requires_meta = NULL;
+    const char *agent = NULL;
+    int64_t timeout_s = 0;
     bool requires_supabase = false, hold = false;
     if (ccm_get_string (body, "prompt", true, 1 << 20, &prompt, err)
         || ccm_get_string (body, "project", false, 128, &project, err)
@@ -301,7 +342,9 @@ store_task_add (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
         || ccm_get_object (body, "metadata", false, &metadata, err)
         || ccm_get_object (body, "input_data", false, &input_data, err)
         || ccm_get_bool (body, "requires_supabase", false, &requires_supabase, err)
-        || ccm_get_bool (body, "hold", false, &hold, err))
+        || ccm_get_bool (body, "hold", false, &hold, err)
+        || ccm_get_string (body, "agent", false, 64, &agent, err)
+        || ccm_get_int (body, "timeout_s", false, 1, 30 * 86400, &timeout_s, err))
         return -1;
 
     char project_id[CCM_UUID_LEN + 1] = "", project_name[65] = "", parent_id[CCM_UUID_LEN + 1];
@@ -330,8 +373,8 @@ store_task_add (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     sqlite3_stmt *stmt = store_db_prepare (
         self->db, "INSERT INTO tasks (id, project_id, system_id, parent_task_id, requires_project,"
                   " requires_context_metadata, task_type, status, prompt, input_data, metadata,"
-                  " requires_supabase, priority)"
-                  " VALUES (?, ?, ?, ?, ?, ?, ?, 'created', ?, ?, ?, ?, ?)");
+                  " requires_supabase, priority, agent_profile, timeout_s)"
+                  " VALUES (?, ?, ?, ?, ?, ?, ?, 'created', ?, ?, ?, ?, ?, ?, ?)");
     int rc = SQLITE_ERROR;
     if (stmt) {
         sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
@@ -346,6 +389,9 @@ store_task_add (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
         sqlite3_bind_text (stmt, 10, meta_text, -1, SQLITE_STATIC);
         sqlite3_bind_int (stmt, 11, requires_supabase);
         sqlite3_bind_text (stmt, 12, priority, -1, SQLITE_STATIC);
+        store_db_bind_text (stmt, 13, agent);
+        if (timeout_s)
+            sqlite3_bind_int64 (stmt, 14, timeout_s);
         rc = sqlite3_step (stmt);
         sqlite3_finalize (stmt);
     }
@@ -368,7 +414,7 @@ store_task_add (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     if (rc != SQLITE_DONE)
         return store_db_fail (self, err, "task.add");
     if (hold) {
-        stmt = store_db_prepare (self->db, "SELECT " S_TASK_JSON " WHERE t.id = ?");
+        stmt = store_db_prepare (self->db, "SELECT " STORE_TASK_JSON " WHERE t.id = ?");
         if (!stmt)
             return store_db_fail (self, err, "task.add");
         sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
@@ -376,7 +422,7 @@ store_task_add (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
         sqlite3_finalize (stmt);
         return rc;
     }
-    return s_transition (self, id, "queued", NULL, reply, err);
+    return store_task_move (self, id, "queued", NULL, NULL, NULL, reply, err);
 }
 
 int
@@ -387,7 +433,7 @@ store_task_get (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     if (ccm_get_string (body, "task", true, 64, &ref, err)
         || s_resolve_task (self, "task", ref, id, err))
         return -1;
-    sqlite3_stmt *stmt = store_db_prepare (self->db, "SELECT " S_TASK_JSON " WHERE t.id = ?");
+    sqlite3_stmt *stmt = store_db_prepare (self->db, "SELECT " STORE_TASK_JSON " WHERE t.id = ?");
     if (!stmt)
         return store_db_fail (self, err, "task.get");
     sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
@@ -403,6 +449,18 @@ store_task_get (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
         return store_db_fail (self, err, "task.get");
     sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
     int rows = store_db_collect_json (stmt, cJSON_AddArrayToObject (reply, "events"));
+    sqlite3_finalize (stmt);
+    if (rows < 0)
+        return store_db_fail (self, err, "task.get");
+    stmt = store_db_prepare (
+        self->db, "SELECT json_object('id', id, 'status', status, 'agent_id', agent_id,"
+                  " 'exit_code', exit_code, 'output', output, 'files_changed', json(files_changed),"
+                  " 'details', json(details), 'created_at', created_at)"
+                  " FROM task_results WHERE task_id = ? ORDER BY created_at, rowid");
+    if (!stmt)
+        return store_db_fail (self, err, "task.get");
+    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
+    rows = store_db_collect_json (stmt, cJSON_AddArrayToObject (reply, "results"));
     sqlite3_finalize (stmt);
     return rows < 0 ? store_db_fail (self, err, "task.get") : 0;
 }
@@ -425,7 +483,7 @@ store_task_list (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     char sql[2048];
     snprintf (sql, sizeof sql,
               "SELECT %s%s ORDER BY t.created_at DESC, t.rowid DESC LIMIT ?3 OFFSET ?4",
-              S_TASK_JSON, where);
+              STORE_TASK_JSON, where);
     sqlite3_stmt *stmt = store_db_prepare (self->db, sql);
     if (!stmt)
         return store_db_fail (self, err, "task.list");
@@ -452,14 +510,31 @@ store_task_list (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
 int
 store_task_transition (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
 {
-    const char *ref = NULL, *to = NULL, *reason = NULL;
+    const char *ref = NULL, *to = NULL, *reason = NULL, *locked_by = NULL;
+    cJSON *result = NULL;
     char id[CCM_UUID_LEN + 1];
     if (ccm_get_string (body, "task", true, 64, &ref, err)
         || ccm_get_enum (body, "to", true, store_fsm_statuses, &to, err)
         || ccm_get_string (body, "reason", false, 4096, &reason, err)
+        || ccm_get_object (body, "result", false, &result, err)
+        || ccm_get_string (body, "locked_by", false, 128, &locked_by, err)
         || s_resolve_task (self, "task", ref, id, err))
         return -1;
-    return s_transition (self, id, to, reason, reply, err);
+    return store_task_move (self, id, to, reason, result, locked_by, reply, err);
+}
+
+int
+store_task_result (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
+{
+    const char *ref = NULL;
+    cJSON *result = NULL;
+    char id[CCM_UUID_LEN + 1];
+    if (ccm_get_string (body, "task", true, 64, &ref, err)
+        || ccm_get_object (body, "result", true, &result, err)
+        || s_resolve_task (self, "task", ref, id, err) || s_add_result (self, id, result, err))
+        return -1;
+    cJSON_AddStringToObject (reply, "task_id", id);
+    return 0;
 }
 
 int
@@ -471,5 +546,5 @@ store_task_cancel (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
         || ccm_get_string (body, "reason", false, 4096, &reason, err)
         || s_resolve_task (self, "task", ref, id, err))
         return -1;
-    return s_transition (self, id, "cancelled", reason, reply, err);
+    return store_task_move (self, id, "cancelled", reason, NULL, NULL, reply, err);
 }

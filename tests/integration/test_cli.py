@@ -175,12 +175,12 @@ class Tasks(CliTestCase):
     def test_task_show_and_cancel(self):
         tid = self.cli("task", "add", "--", "show me")[0].strip()
         shown = self.cli_json("task", "show", tid[:8], "--json")
-        self.assertEqual(set(shown), {"task", "events"})
+        self.assertLessEqual({"task", "events"}, set(shown))  # later issues may add keys
         self.assertEqual(shown["task"]["id"], tid)
         self.assertEqual(shown["task"]["prompt"], "show me")
         self.assertIsInstance(shown["events"], list)
         self.assertEqual(shown, {k: v for k, v in self.store.ok("task.get", task=tid).items()
-                                 if k in ("task", "events")})
+                                 if k not in ("v", "id")})
         out, _ = self.cli("task", "show", tid[:4] if self.unique4(tid) else tid)
         self.assertIn(tid, out)
         self.assertIn("show me", out)

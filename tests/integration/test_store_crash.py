@@ -22,6 +22,7 @@ TOTAL = 10000
 THREADS = 4
 WINDOW = 16          # requests in flight per thread
 STALL = 20.0         # seconds without any reply before a thread gives up
+MUTE_BURST = 150     # requests each thread sends, unread, just before a kill
 BUDGET = 110.0       # seconds for the whole test
 
 
@@ -45,25 +46,38 @@ class Stream:
         with self.lock:
             self.todo.extendleft(sorted(indexes, reverse=True))
 
-    def worker(self, stop):
+    def send(self, sock, inflight):
+        index = self.take()
+        if index is None:
+            return False
+        idem, prompt = self.requests[index]
+        body = {"v": 1, "id": idem, "idem": idem, "prompt": prompt, "metadata": {"n": index}}
+        sock.send_multipart([b"task.add", json.dumps(body).encode()])
+        inflight[idem] = index
+        return True
+
+    def worker(self, stop, mute):
+        """Keeps WINDOW requests in flight. Once mute is set it stops reading
+        replies (as a client whose replies are lost would) and sends a last
+        burst, so the kill finds writes committed but never acknowledged, and
+        writes in the middle of a group commit."""
         client = self.home.client()
         sock = client.sock
         inflight = {}  # idem -> index
         last_reply = time.monotonic()
         try:
             while not stop.is_set():
-                while len(inflight) < WINDOW:
-                    index = self.take()
-                    if index is None:
-                        break
-                    idem, prompt = self.requests[index]
-                    body = {"v": 1, "id": idem, "idem": idem, "prompt": prompt,
-                            "metadata": {"n": index}}
-                    sock.send_multipart([b"task.add", json.dumps(body).encode()])
-                    inflight[idem] = index
+                if mute.is_set():
+                    for _ in range(MUTE_BURST):
+                        if not self.send(sock, inflight):
+                            break
+                    stop.wait(STALL)
+                    break
+                while len(inflight) < WINDOW and self.send(sock, inflight):
+                    pass
                 if not inflight:
                     return
-                if not sock.poll(100):
+                if not sock.poll(20):
                     if time.monotonic() - last_reply > STALL and not stop.is_set():
                         self.errors.append(f"no reply in {STALL} s with {len(inflight)} in flight")
                         return
@@ -92,10 +106,15 @@ class Stream:
             self.give_back(inflight.values())
             client.close()
 
-    def run(self, kill_at=None, deadline=None):
-        """Streams until done, or until kill_at acks have been seen, then kill -9."""
+    def run(self, kill_at=None, deadline=None, delay=0.0, unacked_first=False, extra=0):
+        """Streams until done, or until kill_at acks have been seen; then mutes
+        the writers, (with unacked_first, waits until the database holds a
+        write whose reply was not read,) waits delay seconds, and kills the
+        store with SIGKILL. Returns the acks seen at the kill. extra: tasks
+        in the database that are not of this stream."""
         stop = threading.Event()
-        threads = [threading.Thread(target=self.worker, args=(stop,)) for _ in range(THREADS)]
+        mute = threading.Event()
+        threads = [threading.Thread(target=self.worker, args=(stop, mute)) for _ in range(THREADS)]
         for t in threads:
             t.start()
         killed_at = None
@@ -105,6 +124,11 @@ class Stream:
                     if time.monotonic() > deadline:
                         raise AssertionError(f"only {len(self.acked)} acks before the deadline")
                     time.sleep(0.001)
+                mute.set()
+                if unacked_first:
+                    ccmtest.wait_until(lambda: self.home.scalar("SELECT count(*) FROM tasks")
+                                       > len(self.acked) + extra, 5, interval=0.002)
+                time.sleep(delay)
                 killed_at = len(self.acked)
                 self.home.kill9()
         finally:
@@ -163,14 +187,24 @@ class Crash(ccmtest.CcmTestCase):
         home = self.make_home(start=True)
         stream = Stream(home)
         extra_ids = []
+        committed_unacked = 0
         for cycle, kill_at in enumerate(kill_points, 1):
-            killed_at = stream.run(kill_at=kill_at, deadline=deadline)
+            # The first kill comes after some unread replies were committed (so
+            # resends must find them); the second lands at once, in the
+            # middle of anything.
+            killed_at = stream.run(kill_at=kill_at, deadline=deadline,
+                                   delay=rng.uniform(0.0, 0.05), unacked_first=cycle == 1,
+                                   extra=len(extra_ids))
             self.assertFalse(stream.errors, stream.errors[:5])
             self.assertLess(killed_at, TOTAL, "the kill came after the stream ended")
             sys.stderr.write(f"[crash] cycle {cycle}: killed after {killed_at} acks, "
                              f"{len(stream.todo)} unacknowledged\n")
             home.start()
-            self.check_database(home, stream, extra_ids)
+            rows, _ = self.check_database(home, stream, extra_ids)
+            unacked_commits = len(rows) - len(stream.acked) - len(extra_ids)
+            committed_unacked += unacked_commits
+            sys.stderr.write(f"[crash] cycle {cycle}: {unacked_commits} writes were committed "
+                             "but not acknowledged before the kill\n")
             self.continue_seq(home, extra_ids)
             # An acknowledged write retried after the crash gets its first reply again.
             prompts = dict(stream.requests)
@@ -183,6 +217,8 @@ class Crash(ccmtest.CcmTestCase):
         self.assertFalse(stream.errors, stream.errors[:5])
         self.assertEqual(len(stream.acked), TOTAL, "every request is acknowledged in the end")
         self.assertGreater(len(stream.ever_inflight), 0, "no request was in flight at a kill")
+        self.assertGreater(committed_unacked, 0, "no kill left a committed, unacknowledged write: "
+                           "the resend path was not exercised")
         rows, seqs = self.check_database(home, stream, extra_ids)
         self.assertEqual(len(rows), TOTAL + len(extra_ids),
                          "tasks must equal the distinct idems sent")

@@ -1,0 +1,99 @@
+/*  exec_internal: what the executor's modules share.
+
+    The executor runs each task's agent in its own tmux window (on ccm's
+    own tmux socket, a session per project) inside its own git worktree,
+    watches the pane for its death and exit status, and records results.   */
+
+#ifndef EXEC_INTERNAL_H_INCLUDED
+#define EXEC_INTERNAL_H_INCLUDED
+
+#include "ccm_client.h"
+#include "ccm_config.h"
+#include "ccm_id.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define EXEC_SHORT_LEN 8
+
+//  An agent profile: how to start one kind of agent.
+typedef struct {
+    char *name;
+    cJSON *argv;  //  array of strings, with {prompt} {task_id} {worktree}
+    cJSON *env;   //  object of strings
+    bool headless;
+} exec_profile_t;
+
+//  One agent the executor watches.
+typedef struct {
+    char task_id[CCM_UUID_LEN + 1];
+    char short_id[EXEC_SHORT_LEN + 1];
+    char agent_id[CCM_UUID_LEN + 1];
+    char *project_id;
+    char *project;
+    char *worktree;
+    char *base;  //  the base branch the worktree started from
+    char *log_path;
+    char *profile;
+    bool headless;
+    char window[32];         //  tmux window id, e.g. "@3"
+    int64_t deadline_ms;     //  0: no timeout
+    int64_t term_sent_ms;    //  when SIGTERM went to the agent, 0 if not yet
+    const char *end_reason;  //  "timeout" or "cancelled" once a kill is under way
+} exec_agent_t;
+
+typedef struct {
+    ccm_config_t *config;  //  borrowed
+    ccm_client_t *store;
+    char system_id[CCM_UUID_LEN + 1];
+    char hostname[256];
+    exec_agent_t **agents;
+    int nagents;
+    int capacity;
+    cJSON *projects;  //  project.list of the store: name -> {id, path, ...}
+    cJSON *profiles;  //  user profiles from executor.profiles_file
+} exec_t;
+
+//  exec_profile: built-in profiles and the user's.
+
+//  Finds profile name (user profiles override built-ins). Returns 0 and fills
+//  profile (borrowed pointers into static or exec data) or -1.
+int exec_profile_find (exec_t *self, const char *name, exec_profile_t *profile);
+
+//  Builds the argv of profile for a task; caller frees with exec_argv_free.
+//  Placeholders are replaced inside each element: no shell ever sees them.
+char **exec_profile_argv (const exec_profile_t *profile, const char *prompt, const char *task_id,
+                          const char *worktree);
+
+void exec_argv_free (char **argv);
+
+//  True if the program argv0 can be found (in PATH unless it has a slash).
+bool exec_program_exists (const char *argv0);
+
+//  Marks worktree as trusted in Claude Code's config (config_dir/.claude.json),
+//  keeping everything else in that file. Returns 0 or -1.
+int exec_claude_trust (const char *config_dir, const char *worktree);
+
+//  exec_git: worktrees.
+
+//  Creates (or reuses) the worktree of a task; fills *path and *base (caller
+//  frees). Returns 0, or -1 with *error set (caller frees).
+int exec_git_worktree (exec_t *self, const char *project, const char *repo, const char *short_id,
+                       char **path, char **base, char **error);
+
+//  Returns the files changed in worktree against base, committed or not, as
+//  a JSON array (caller owns).
+cJSON *exec_git_changed (const char *worktree, const char *base);
+
+//  exec_tmux: the tmux server.
+
+//  Runs tmux on ccm's socket with args (NULL-terminated); returns its exit
+//  status and, if out is not NULL, its stdout (caller frees).
+int exec_tmux (exec_t *self, char **out, const char *first, ...);
+
+//  Starts argv in a new window named short_id in project's session, with
+//  output piped to log_path. Writes the window id. Returns 0 or -1 + *error.
+int exec_tmux_spawn (exec_t *self, exec_agent_t *agent, char **argv, char **error);
+
+#endif

@@ -1,0 +1,774 @@
+/*  exec_server: the executor's loop.
+
+    Each tick (executor.poll_ms) it reads every pane of ccm's tmux server in
+    one `list-panes`, finishes the agents whose pane died (exit status from
+    tmux itself, not from the screen), enforces timeouts and cancellations,
+    and claims queued tasks for its projects while it has capacity.
+
+    Dispatch today is task.claim on the store; the router (a later issue)
+    will push assignments instead, into the same s_start().                */
+
+#include "exec_internal.h"
+
+#include "ccm_log.h"
+#include "ccm_msg.h"
+#include "ccm_proc.h"
+
+#include <czmq.h>
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define S_TAIL_BYTES 4096
+
+//  Calls the store; returns the reply (caller owns) or NULL, logging why.
+static cJSON *
+s_call (exec_t *self, const char *verb, cJSON *body, bool write)
+{
+    if (write) {
+        char key[CCM_UUID_LEN + 1];
+        ccm_uuid (key);
+        cJSON_AddStringToObject (body, "idem", key);
+    }
+    cJSON *reply = NULL;
+    int rc = ccm_client_call (self->store, verb, body, &reply);
+    if (rc) {
+        ccm_warn ("%s: %s", verb, ccm_client_strerror (rc, reply));
+        cJSON_Delete (reply);
+        reply = NULL;
+    }
+    cJSON_Delete (body);
+    return reply;
+}
+
+//  Moves a task; result (taken) may be NULL. Returns 0 on success.
+static int
+s_move (exec_t *self, const char *task_id, const char *to, const char *reason, cJSON *result)
+{
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "task", task_id);
+    cJSON_AddStringToObject (body, "to", to);
+    if (reason)
+        cJSON_AddStringToObject (body, "reason", reason);
+    if (result)
+        cJSON_AddItemToObject (body, "result", result);
+    cJSON *reply = s_call (self, "task.transition", body, true);
+    cJSON_Delete (reply);
+    return reply ? 0 : -1;
+}
+
+static void
+s_agent_status (exec_t *self, exec_agent_t *agent, const char *status, const char *source)
+{
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "agent_id", agent->agent_id);
+    cJSON_AddStringToObject (body, "system_id", self->system_id);
+    if (agent->project_id)
+        cJSON_AddStringToObject (body, "project_id", agent->project_id);
+    cJSON_AddStringToObject (body, "task_id", agent->task_id);
+    cJSON_AddStringToObject (body, "profile", agent->profile);
+    if (agent->window[0])
+        cJSON_AddStringToObject (body, "tmux_window", agent->window);
+    cJSON_AddStringToObject (body, "status", status);
+    cJSON_AddStringToObject (body, "state_source", source);
+    cJSON_Delete (s_call (self, "agent.upsert", body, true));
+}
+
+static void
+s_agent_destroy (exec_agent_t **agent_p)
+{
+    if (agent_p && *agent_p) {
+        exec_agent_t *agent = *agent_p;
+        free (agent->project_id);
+        free (agent->project);
+        free (agent->worktree);
+        free (agent->base);
+        free (agent->log_path);
+        free (agent->profile);
+        free (agent);
+        *agent_p = NULL;
+    }
+}
+
+//  The last bytes of the agent's log, as valid UTF-8 text.
+static char *
+s_tail (const char *path)
+{
+    FILE *file = fopen (path, "rb");
+    if (!file)
+        return strdup ("");
+    fseek (file, 0, SEEK_END);
+    long size = ftell (file);
+    long from = size > S_TAIL_BYTES ? size - S_TAIL_BYTES : 0;
+    fseek (file, from, SEEK_SET);
+    char *text = calloc (1, S_TAIL_BYTES + 1);
+    size_t n = text ? fread (text, 1, S_TAIL_BYTES, file) : 0;
+    fclose (file);
+    if (!text)
+        return strdup ("");
+    //  Skip a cut UTF-8 sequence at the start; replace other invalid bytes.
+    size_t start = 0;
+    while (from > 0 && start < n && ((unsigned char) text[start] & 0xC0) == 0x80)
+        start++;
+    memmove (text, text + start, n - start + 1);
+    n -= start;
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char) text[i];
+        size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : 4;
+        if (c == 0 || i + len > n || !ccm_utf8_valid (text + i, len)) {
+            text[i++] = '?';
+            continue;
+        }
+        i += len;
+    }
+    return text;
+}
+
+//  For headless Claude Code: the stream-json "result" object in the log.
+static cJSON *
+s_claude_result (const char *path)
+{
+    FILE *file = fopen (path, "rb");
+    if (!file)
+        return NULL;
+    cJSON *found = NULL;
+    char *line = NULL;
+    size_t cap = 0;
+    while (getline (&line, &cap, file) > 0) {
+        char *start = strstr (line, "{\"type\":\"result\"");
+        if (!start)
+            continue;
+        ccm_proc_chomp (start);
+        cJSON *json = cJSON_Parse (start);
+        if (json) {
+            cJSON_Delete (found);
+            found = json;
+        }
+    }
+    free (line);
+    fclose (file);
+    if (!found)
+        return NULL;
+    cJSON *details = cJSON_CreateObject ();
+    const char *keys[] = {"session_id", "num_turns", "total_cost_usd", "is_error", "result"};
+    for (int i = 0; i < 5; i++) {
+        cJSON *item = cJSON_GetObjectItemCaseSensitive (found, keys[i]);
+        if (item)
+            cJSON_AddItemToObject (details, keys[i], cJSON_Duplicate (item, true));
+    }
+    cJSON_Delete (found);
+    return details;
+}
+
+static void
+s_remove (exec_t *self, exec_agent_t *agent)
+{
+    for (int i = 0; i < self->nagents; i++)
+        if (self->agents[i] == agent) {
+            self->agents[i] = self->agents[--self->nagents];
+            break;
+        }
+    s_agent_destroy (&agent);
+}
+
+//  Records the end of an agent: result, task status, agent status.
+static void
+s_finish (exec_t *self, exec_agent_t *agent, int status, int signal_number)
+{
+    int exit_code = signal_number ? 128 + signal_number : status;
+    const char *result_status = "complete", *to = "complete";
+    char reason[256];
+    snprintf (reason, sizeof reason, "agent exited with status %d", exit_code);
+    if (agent->end_reason && strcmp (agent->end_reason, "timeout") == 0) {
+        result_status = "timeout";
+        to = "failed";
+        snprintf (reason, sizeof reason, "timed out; agent killed");
+    }
+    else if (agent->end_reason && strcmp (agent->end_reason, "cancelled") == 0) {
+        result_status = "cancelled";
+        to = NULL;  //  the task is cancelled already
+    }
+    else if (signal_number) {
+        result_status = "crashed";
+        to = "failed";
+        snprintf (reason, sizeof reason, "agent killed by signal %d", signal_number);
+    }
+    else if (status != 0) {
+        result_status = "failed";
+        to = "failed";
+    }
+    cJSON *result = cJSON_CreateObject ();
+    cJSON_AddStringToObject (result, "status", result_status);
+    cJSON_AddNumberToObject (result, "exit_code", exit_code);
+    cJSON_AddStringToObject (result, "agent_id", agent->agent_id);
+    char *tail = s_tail (agent->log_path);
+    cJSON_AddStringToObject (result, "output", tail);
+    free (tail);
+    cJSON_AddItemToObject (result, "files_changed",
+                           exec_git_changed (agent->worktree, agent->base));
+    cJSON *details = agent->headless ? s_claude_result (agent->log_path) : NULL;
+    if (!details)
+        details = cJSON_CreateObject ();
+    cJSON_AddStringToObject (details, "log", agent->log_path);
+    cJSON_AddStringToObject (details, "worktree", agent->worktree);
+    cJSON_AddItemToObject (result, "details", details);
+    if (to)
+        s_move (self, agent->task_id, to, reason, result);
+    else {
+        cJSON *body = cJSON_CreateObject ();
+        cJSON_AddStringToObject (body, "task", agent->task_id);
+        cJSON_AddItemToObject (body, "result", result);
+        cJSON_Delete (s_call (self, "task.result", body, true));
+    }
+    s_agent_status (self, agent, signal_number ? "crashed" : "exited", "pane");
+    ccm_info ("task %s: %s (%s)", agent->short_id, to ? to : "cancelled", reason);
+    exec_tmux (self, NULL, "kill-window", "-t", agent->window, NULL);
+    s_remove (self, agent);
+}
+
+//  Fails a task that could not start, with a reason the user will read.
+static void
+s_fail_start (exec_t *self, const char *task_id, const char *reason)
+{
+    ccm_warn ("task %.8s cannot start: %s", task_id, reason);
+    cJSON *result = cJSON_CreateObject ();
+    cJSON_AddStringToObject (result, "status", "failed");
+    cJSON_AddStringToObject (result, "output", reason);
+    s_move (self, task_id, "failed", reason, result);
+}
+
+//  The project named name in the store's list, or NULL (borrowed).
+static cJSON *
+s_project (exec_t *self, const char *name)
+{
+    cJSON *project;
+    cJSON_ArrayForEach (project, self->projects)
+    {
+        cJSON *item = cJSON_GetObjectItemCaseSensitive (project, "name");
+        if (cJSON_IsString (item) && name && strcmp (item->valuestring, name) == 0)
+            return project;
+    }
+    return NULL;
+}
+
+static const char *
+s_str (cJSON *obj, const char *key)
+{
+    cJSON *item = cJSON_GetObjectItemCaseSensitive (obj, key);
+    return cJSON_IsString (item) ? item->valuestring : NULL;
+}
+
+//  Where Claude Code keeps .claude.json for this profile.
+static void
+s_claude_dir (exec_t *self, exec_profile_t *profile, char *out, size_t len)
+{
+    const char *dir = profile->env ? s_str (profile->env, "CLAUDE_CONFIG_DIR") : NULL;
+    if (!dir || !*dir)
+        dir = ccm_config_str (self->config, "executor.claude_config_dir");
+    if (!*dir)
+        dir = getenv ("CLAUDE_CONFIG_DIR");
+    if (!dir || !*dir)
+        dir = getenv ("HOME");
+    snprintf (out, len, "%s", dir ? dir : "/root");
+}
+
+//  Starts the agent of an assigned task: worktree, profile, tmux window.
+static void
+s_start (exec_t *self, cJSON *task)
+{
+    const char *task_id = s_str (task, "id");
+    const char *project_name = s_str (task, "requires_project");
+    if (!project_name)
+        project_name = s_str (task, "project");
+    cJSON *project = s_project (self, project_name);
+    if (!project) {
+        s_fail_start (self, task_id, "the task names no project held by this executor");
+        return;
+    }
+    const char *repo = s_str (project, "path");
+    struct stat st;
+    if (!repo || stat (repo, &st) || !S_ISDIR (st.st_mode)) {
+        char reason[PATH_MAX + 64];
+        snprintf (reason, sizeof reason, "project path %s does not exist", repo ? repo : "?");
+        s_fail_start (self, task_id, reason);
+        return;
+    }
+    const char *profile_name = s_str (task, "agent_profile");
+    cJSON *config = cJSON_GetObjectItemCaseSensitive (project, "config");
+    if (!profile_name)
+        profile_name = s_str (config, "agent");
+    if (!profile_name)
+        profile_name = ccm_config_str (self->config, "executor.default_profile");
+    exec_profile_t profile;
+    if (exec_profile_find (self, profile_name, &profile)) {
+        char reason[128];
+        snprintf (reason, sizeof reason, "unknown agent profile '%.64s'", profile_name);
+        s_fail_start (self, task_id, reason);
+        return;
+    }
+    const char *program = cJSON_GetArrayItem (profile.argv, 0)->valuestring;
+    if (!exec_program_exists (program)) {
+        char reason[PATH_MAX];
+        snprintf (reason, sizeof reason, "agent binary '%.200s' of profile '%s' not found in PATH",
+                  program, profile_name);
+        s_fail_start (self, task_id, reason);
+        return;
+    }
+
+    exec_agent_t *agent = calloc (1, sizeof *agent);
+    snprintf (agent->task_id, sizeof agent->task_id, "%s", task_id);
+    snprintf (agent->short_id, sizeof agent->short_id, "%.8s", task_id);
+    ccm_uuid (agent->agent_id);
+    agent->project = strdup (project_name);
+    agent->project_id = s_str (project, "id") ? strdup (s_str (project, "id")) : NULL;
+    agent->profile = strdup (profile_name);
+    agent->headless = profile.headless;
+    if (asprintf (&agent->log_path, "%s/%s.log", ccm_config_str (self->config, "executor.logs"),
+                  task_id)
+        < 0)
+        agent->log_path = NULL;
+    char *error = NULL;
+    if (exec_git_worktree (self, project_name, repo, agent->short_id, &agent->worktree,
+                           &agent->base, &error)) {
+        s_fail_start (self, task_id, error ? error : "cannot create the worktree");
+        free (error);
+        s_agent_destroy (&agent);
+        return;
+    }
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "task_id", task_id);
+    if (agent->project_id)
+        cJSON_AddStringToObject (body, "project_id", agent->project_id);
+    cJSON_AddStringToObject (body, "worktree_path", agent->worktree);
+    char branch[64];
+    snprintf (branch, sizeof branch, "ccm/%s", agent->short_id);
+    cJSON_AddStringToObject (body, "branch_name", branch);
+    cJSON_AddStringToObject (body, "base_branch", agent->base);
+    cJSON_AddStringToObject (body, "status", "active");
+    cJSON_Delete (s_call (self, "worktree.upsert", body, true));
+
+    if (strcmp (strrchr (program, '/') ? strrchr (program, '/') + 1 : program, "claude") == 0) {
+        char dir[PATH_MAX];
+        s_claude_dir (self, &profile, dir, sizeof dir);
+        if (exec_claude_trust (dir, agent->worktree))
+            ccm_warn ("task %s: could not pre-accept Claude Code's trust dialog in %s",
+                      agent->short_id, dir);
+    }
+    char **argv = exec_profile_argv (&profile, s_str (task, "prompt"), task_id, agent->worktree);
+    int rc = argv ? exec_tmux_spawn (self, agent, argv, &error) : -1;
+    exec_argv_free (argv);
+    if (rc) {
+        s_fail_start (self, task_id, error ? error : "cannot start the agent");
+        free (error);
+        s_agent_destroy (&agent);
+        return;
+    }
+    cJSON *timeout = cJSON_GetObjectItemCaseSensitive (task, "timeout_s");
+    if (cJSON_IsNumber (timeout) && timeout->valuedouble > 0)
+        agent->deadline_ms = ccm_mono_ms () + (int64_t) (timeout->valuedouble * 1000);
+    self->agents = realloc (self->agents, (size_t) (self->nagents + 1) * sizeof *self->agents);
+    self->agents[self->nagents++] = agent;
+    s_agent_status (self, agent, "running", "spawn");
+    s_move (self, task_id, "executing", "agent started", NULL);
+    ccm_info ("task %s: %s started in tmux window %s, worktree %s", agent->short_id, agent->profile,
+              agent->window, agent->worktree);
+}
+
+//  Refreshes the store's project list and records the contexts held here.
+static void
+s_refresh_projects (exec_t *self)
+{
+    cJSON *reply = s_call (self, "project.list", cJSON_CreateObject (), false);
+    if (!reply)
+        return;
+    cJSON_Delete (self->projects);
+    self->projects = cJSON_DetachItemFromObject (reply, "projects");
+    cJSON_Delete (reply);
+    cJSON *project;
+    cJSON_ArrayForEach (project, self->projects)
+    {
+        const char *path = s_str (project, "path");
+        struct stat st;
+        if (!path || stat (path, &st))
+            continue;  //  not on this machine
+        cJSON *body = cJSON_CreateObject ();
+        cJSON_AddStringToObject (body, "system_id", self->system_id);
+        cJSON_AddStringToObject (body, "project_name", s_str (project, "name"));
+        cJSON_AddStringToObject (body, "project_path", path);
+        if (s_str (project, "repo_url"))
+            cJSON_AddStringToObject (body, "repo_url", s_str (project, "repo_url"));
+        char marker[PATH_MAX + 8];
+        snprintf (marker, sizeof marker, "%s/.git", path);
+        cJSON_AddStringToObject (body, "status", stat (marker, &st) == 0 ? "active" : "error");
+        cJSON_Delete (s_call (self, "context.upsert", body, true));
+    }
+}
+
+static void
+s_claim (exec_t *self)
+{
+    int free_slots = self->capacity - self->nagents;
+    if (free_slots <= 0 || cJSON_GetArraySize (self->projects) == 0)
+        return;
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "system_id", self->system_id);
+    cJSON *names = cJSON_AddArrayToObject (body, "projects");
+    cJSON *project;
+    cJSON_ArrayForEach (project, self->projects)
+    {
+        struct stat st;
+        if (s_str (project, "path") && stat (s_str (project, "path"), &st) == 0)
+            cJSON_AddItemToArray (names, cJSON_CreateString (s_str (project, "name")));
+    }
+    cJSON_AddNumberToObject (body, "limit", free_slots);
+    cJSON *reply = s_call (self, "task.claim", body, true);
+    cJSON *task;
+    cJSON_ArrayForEach (task, cJSON_GetObjectItemCaseSensitive (reply, "tasks"))
+        s_start (self, task);
+    cJSON_Delete (reply);
+}
+
+//  Reads every pane: "window_id task_id dead status signal pid" per line.
+//  Returns the output (caller frees), or NULL when the tmux server is gone.
+static char *
+s_panes (exec_t *self)
+{
+    char *out = NULL;
+    int rc = exec_tmux (self, &out, "list-panes", "-a", "-F",
+                        "#{window_id} #{@ccm_task} #{pane_dead} #{pane_dead_status} "
+                        "#{pane_dead_signal} #{pane_pid} ",
+                        NULL);
+    if (rc != 0) {
+        free (out);
+        return NULL;
+    }
+    return out;
+}
+
+//  Finds the line of window in panes; fills the fields. Returns 0 if found.
+static int
+s_pane (const char *panes, const char *window, int *dead, int *status, int *sig, pid_t *pid)
+{
+    size_t wlen = strlen (window);
+    for (const char *line = panes; line && *line;
+         line = strchr (line, '\n') ? strchr (line, '\n') + 1 : NULL) {
+        if (strncmp (line, window, wlen) != 0 || line[wlen] != ' ')
+            continue;
+        char task[64] = "";
+        char status_text[16] = "", sig_text[16] = "";
+        long pid_value = 0;
+        //  Empty fields collapse; parse by hand.
+        const char *p = line + wlen + 1;
+        sscanf (p, "%63s", task);
+        p = strchr (p, ' ');
+        *dead = p ? atoi (p + 1) : 0;
+        p = p ? strchr (p + 1, ' ') : NULL;
+        if (p && p[1] != ' ')
+            sscanf (p + 1, "%15[0-9]", status_text);
+        p = p ? strchr (p + 1, ' ') : NULL;
+        if (p && p[1] != ' ')
+            sscanf (p + 1, "%15[0-9]", sig_text);
+        p = p ? strchr (p + 1, ' ') : NULL;
+        if (p)
+            pid_value = atol (p + 1);
+        *status = atoi (status_text);
+        *sig = atoi (sig_text);
+        *pid = (pid_t) pid_value;
+        return 0;
+    }
+    return -1;
+}
+
+static void
+s_watch (exec_t *self)
+{
+    if (self->nagents == 0)
+        return;
+    char *panes = s_panes (self);
+    int64_t now = ccm_mono_ms ();
+    int64_t grace = ccm_config_int (self->config, "executor.kill_grace_ms");
+    for (int i = self->nagents - 1; i >= 0; i--) {
+        exec_agent_t *agent = self->agents[i];
+        int dead = 0, status = 0, sig = 0;
+        pid_t pid = 0;
+        if (!panes || s_pane (panes, agent->window, &dead, &status, &sig, &pid)) {
+            //  The window vanished (tmux killed, or closed by hand): a crash.
+            ccm_warn ("task %s: tmux window %s is gone", agent->short_id, agent->window);
+            s_finish (self, agent, 0, SIGKILL);
+            continue;
+        }
+        if (dead) {
+            s_finish (self, agent, status, sig);
+            continue;
+        }
+        if (!agent->end_reason && agent->deadline_ms && now >= agent->deadline_ms)
+            agent->end_reason = "timeout";
+        if (agent->end_reason && !agent->term_sent_ms) {
+            //  tmux made the agent a session leader: signal its whole group.
+            kill (-pid, SIGTERM);
+            agent->term_sent_ms = now;
+        }
+        else if (agent->term_sent_ms && now - agent->term_sent_ms >= grace)
+            kill (-pid, SIGKILL);
+    }
+    free (panes);
+}
+
+//  Notices tasks cancelled by the user while their agent runs.
+static void
+s_check_cancelled (exec_t *self)
+{
+    for (int i = 0; i < self->nagents; i++) {
+        exec_agent_t *agent = self->agents[i];
+        if (agent->end_reason)
+            continue;
+        cJSON *body = cJSON_CreateObject ();
+        cJSON_AddStringToObject (body, "task", agent->task_id);
+        cJSON *reply = s_call (self, "task.get", body, false);
+        const char *status = s_str (cJSON_GetObjectItemCaseSensitive (reply, "task"), "status");
+        if (status && strcmp (status, "cancelled") == 0) {
+            ccm_info ("task %s: cancelled; stopping its agent", agent->short_id);
+            agent->end_reason = "cancelled";
+        }
+        cJSON_Delete (reply);
+    }
+}
+
+//  After a restart: adopt the windows of our tasks that still run, record
+//  the ones that ended meanwhile, and start the ones never started.
+static void
+s_reconcile (exec_t *self)
+{
+    char *panes = s_panes (self);
+    const char *statuses[] = {"executing", "assigned"};
+    for (int s = 0; s < 2; s++) {
+        cJSON *body = cJSON_CreateObject ();
+        cJSON_AddStringToObject (body, "status", statuses[s]);
+        cJSON_AddNumberToObject (body, "limit", 1000);
+        cJSON *reply = s_call (self, "task.list", body, false);
+        cJSON *task;
+        cJSON_ArrayForEach (task, cJSON_GetObjectItemCaseSensitive (reply, "tasks"))
+        {
+            const char *locked_by = s_str (task, "locked_by");
+            const char *id = s_str (task, "id");
+            if (!locked_by || strcmp (locked_by, self->system_id) != 0)
+                continue;
+            //  Find its window by the @ccm_task option set at spawn.
+            char window[32] = "";
+            for (const char *line = panes; line && *line;
+                 line = strchr (line, '\n') ? strchr (line, '\n') + 1 : NULL) {
+                char wid[32], tid[64];
+                if (sscanf (line, "%31s %63s", wid, tid) == 2 && strcmp (tid, id) == 0)
+                    snprintf (window, sizeof window, "%s", wid);
+            }
+            if (!window[0]) {
+                if (s == 1)
+                    s_start (self, task);  //  claimed, never started
+                else {
+                    cJSON *result = cJSON_CreateObject ();
+                    cJSON_AddStringToObject (result, "status", "crashed");
+                    cJSON_AddStringToObject (result, "output", "agent window lost");
+                    s_move (self, id, "failed",
+                            "agent lost: no tmux window after an executor restart", result);
+                }
+                continue;
+            }
+            exec_agent_t *agent = calloc (1, sizeof *agent);
+            snprintf (agent->task_id, sizeof agent->task_id, "%s", id);
+            snprintf (agent->short_id, sizeof agent->short_id, "%.8s", id);
+            snprintf (agent->window, sizeof agent->window, "%s", window);
+            ccm_uuid (agent->agent_id);
+            const char *project = s_str (task, "requires_project");
+            agent->project = strdup (project ? project : "");
+            agent->project_id =
+                s_str (task, "project_id") ? strdup (s_str (task, "project_id")) : NULL;
+            const char *profile = s_str (task, "agent_profile");
+            agent->profile = strdup (
+                profile ? profile : ccm_config_str (self->config, "executor.default_profile"));
+            exec_profile_t found;
+            agent->headless =
+                exec_profile_find (self, agent->profile, &found) == 0 && found.headless;
+            if (asprintf (&agent->log_path, "%s/%s.log",
+                          ccm_config_str (self->config, "executor.logs"), id)
+                < 0)
+                agent->log_path = NULL;
+            cJSON *wbody = cJSON_CreateObject ();
+            cJSON_AddStringToObject (wbody, "task", id);
+            cJSON *wreply = s_call (self, "worktree.list", wbody, false);
+            cJSON *wt =
+                cJSON_GetArrayItem (cJSON_GetObjectItemCaseSensitive (wreply, "worktrees"), 0);
+            agent->worktree =
+                strdup (s_str (wt, "worktree_path") ? s_str (wt, "worktree_path") : "/");
+            agent->base = strdup (s_str (wt, "base_branch") ? s_str (wt, "base_branch") : "HEAD");
+            cJSON_Delete (wreply);
+            cJSON *timeout = cJSON_GetObjectItemCaseSensitive (task, "timeout_s");
+            if (cJSON_IsNumber (timeout) && timeout->valuedouble > 0)
+                agent->deadline_ms = ccm_mono_ms () + (int64_t) (timeout->valuedouble * 1000);
+            self->agents =
+                realloc (self->agents, (size_t) (self->nagents + 1) * sizeof *self->agents);
+            self->agents[self->nagents++] = agent;
+            ccm_info ("task %s: reattached to tmux window %s", agent->short_id, window);
+            if (s == 1)
+                s_move (self, id, "executing", "agent started", NULL);
+        }
+        cJSON_Delete (reply);
+    }
+    free (panes);
+}
+
+static void
+s_read_machine_id (exec_t *self, char *out, size_t len)
+{
+    const char *configured = ccm_config_str (self->config, "executor.machine_id");
+    if (*configured) {
+        snprintf (out, len, "%s", configured);
+        return;
+    }
+    FILE *file = fopen ("/etc/machine-id", "r");
+    if (file && fgets (out, (int) len, file))
+        ccm_proc_chomp (out);
+    else
+        snprintf (out, len, "host-%.200s", self->hostname);
+    if (file)
+        fclose (file);
+}
+
+static int
+s_register (exec_t *self)
+{
+    const char *name = ccm_config_str (self->config, "executor.hostname");
+    if (*name)
+        snprintf (self->hostname, sizeof self->hostname, "%s", name);
+    else if (gethostname (self->hostname, sizeof self->hostname))
+        snprintf (self->hostname, sizeof self->hostname, "localhost");
+    char machine_id[256];
+    s_read_machine_id (self, machine_id, sizeof machine_id);
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "hostname", self->hostname);
+    cJSON_AddStringToObject (body, "machine_id", machine_id);
+    cJSON_AddNumberToObject (body, "capacity", self->capacity);
+    cJSON *tags = cJSON_AddArrayToObject (body, "tags");
+    char *list = strdup (ccm_config_str (self->config, "executor.tags"));
+    for (char *tag = strtok (list, ","); tag; tag = strtok (NULL, ","))
+        if (*tag)
+            cJSON_AddItemToArray (tags, cJSON_CreateString (tag));
+    free (list);
+    cJSON *reply = s_call (self, "system.register", body, true);
+    const char *id = s_str (cJSON_GetObjectItemCaseSensitive (reply, "system"), "id");
+    if (id)
+        snprintf (self->system_id, sizeof self->system_id, "%s", id);
+    cJSON_Delete (reply);
+    return id ? 0 : -1;
+}
+
+static cJSON *
+s_load_profiles (const char *path, char **error)
+{
+    *error = NULL;
+    FILE *file = fopen (path, "rb");
+    if (!file)
+        return NULL;
+    char *text = NULL;
+    size_t size = 0;
+    FILE *mem = open_memstream (&text, &size);
+    char chunk[4096];
+    size_t n;
+    while (mem && (n = fread (chunk, 1, sizeof chunk, file)) > 0)
+        fwrite (chunk, 1, n, mem);
+    if (mem)
+        fclose (mem);
+    fclose (file);
+    cJSON *json = text ? cJSON_Parse (text) : NULL;
+    free (text);
+    if (!cJSON_IsObject (json)) {
+        if (asprintf (error, "%s: not a JSON object of profiles", path) < 0)
+            *error = NULL;
+        cJSON_Delete (json);
+        return NULL;
+    }
+    cJSON *profile;
+    cJSON_ArrayForEach (profile, json)
+    {
+        cJSON *argv = cJSON_GetObjectItemCaseSensitive (profile, "argv");
+        cJSON *mode = cJSON_GetObjectItemCaseSensitive (profile, "mode");
+        bool ok = cJSON_IsArray (argv) && cJSON_GetArraySize (argv) > 0;
+        cJSON *item;
+        cJSON_ArrayForEach (item, argv) ok = ok && cJSON_IsString (item);
+        ok = ok
+             && (!mode
+                 || (cJSON_IsString (mode)
+                     && (strcmp (mode->valuestring, "headless") == 0
+                         || strcmp (mode->valuestring, "interactive") == 0)));
+        if (!ok) {
+            if (asprintf (error,
+                          "%s: profile '%s' needs \"argv\": [strings] and \"mode\": "
+                          "\"interactive\" or \"headless\"",
+                          path, profile->string)
+                < 0)
+                *error = NULL;
+            cJSON_Delete (json);
+            return NULL;
+        }
+    }
+    return json;
+}
+
+int
+exec_main (ccm_config_t *config)
+{
+    exec_t self = {.config = config};
+    self.capacity = (int) ccm_config_int (config, "executor.capacity");
+    char *error = NULL;
+    self.profiles = s_load_profiles (ccm_config_str (config, "executor.profiles_file"), &error);
+    if (error) {
+        ccm_error ("%s", error);
+        free (error);
+        return 1;
+    }
+    const char *dirs[] = {ccm_config_str (config, "executor.logs"),
+                          ccm_config_str (config, "executor.worktrees")};
+    for (int i = 0; i < 2; i++)
+        if (mkdir (dirs[i], 0700) && errno != EEXIST) {
+            ccm_error ("cannot create %s: %s", dirs[i], strerror (errno));
+            return 1;
+        }
+    self.store = ccm_client_new (ccm_config_str (config, "store.endpoint"),
+                                 (int) ccm_config_int (config, "bus.timeout_ms"),
+                                 (int) ccm_config_int (config, "bus.retries"));
+    while (!zsys_interrupted && (!self.store || s_register (&self))) {
+        ccm_warn ("cannot register with the store; retrying");
+        zclock_sleep (1000);
+    }
+    if (zsys_interrupted) {
+        ccm_client_destroy (&self.store);
+        return 0;
+    }
+    ccm_info ("ready: system %s (%s), capacity %d", self.system_id, self.hostname, self.capacity);
+    s_refresh_projects (&self);
+    s_reconcile (&self);
+    int64_t poll_ms = ccm_config_int (config, "executor.poll_ms");
+    int64_t next_refresh = ccm_mono_ms () + 2000;
+    while (!zsys_interrupted) {
+        s_watch (&self);
+        s_check_cancelled (&self);
+        if (ccm_mono_ms () >= next_refresh) {
+            s_refresh_projects (&self);
+            next_refresh = ccm_mono_ms () + 2000;
+        }
+        s_claim (&self);
+        zclock_sleep ((int) poll_ms);
+    }
+    //  Agents keep running in tmux; a restarted executor adopts them.
+    ccm_info ("stopping; %d agent(s) left running in tmux", self.nagents);
+    for (int i = 0; i < self.nagents; i++)
+        s_agent_destroy (&self.agents[i]);
+    free (self.agents);
+    cJSON_Delete (self.projects);
+    cJSON_Delete (self.profiles);
+    ccm_client_destroy (&self.store);
+    return 0;
+}
