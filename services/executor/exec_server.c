@@ -10,6 +10,7 @@
 
 #include "exec_internal.h"
 
+#include "ccm_bus.h"
 #include "ccm_log.h"
 #include "ccm_msg.h"
 #include "ccm_proc.h"
@@ -750,18 +751,47 @@ exec_main (ccm_config_t *config)
     ccm_info ("ready: system %s (%s), capacity %d", self.system_id, self.hostname, self.capacity);
     s_refresh_projects (&self);
     s_reconcile (&self);
+    //  Task status events wake the loop at once: a newly queued task is
+    //  claimed without waiting for the next tick. The tick still runs, so a
+    //  dropped PUB only delays, never loses, a claim or a cancellation.
+    zsock_t *events = ccm_bus_sub_connect (ccm_config_str (config, "store.pub_endpoint"),
+                                           "task.");
+    if (events)
+        zsock_set_subscribe (events, "project.");
     int64_t poll_ms = ccm_config_int (config, "executor.poll_ms");
-    int64_t next_refresh = ccm_mono_ms () + 2000;
+    int64_t next_refresh = ccm_mono_ms () + 2000, next_check = 0;
     while (!zsys_interrupted) {
+        bool woken = false, projects_changed = false;
+        if (events) {
+            zmq_pollitem_t item = {zsock_resolve (events), 0, ZMQ_POLLIN, 0};
+            if (zmq_poll (&item, 1, (long) poll_ms) > 0) {
+                //  Drain whatever arrived; the content matters less than the wake-up.
+                while (zsock_events (events) & ZMQ_POLLIN) {
+                    zmsg_t *msg = zmsg_recv (events);
+                    zframe_t *topic = msg ? zmsg_first (msg) : NULL;
+                    if (topic && zframe_size (topic) > 8
+                        && memcmp (zframe_data (topic), "project.", 8) == 0)
+                        projects_changed = true;
+                    zmsg_destroy (&msg);
+                }
+                woken = true;
+            }
+        }
+        else
+            zclock_sleep ((int) poll_ms);
         s_watch (&self);
-        s_check_cancelled (&self);
-        if (ccm_mono_ms () >= next_refresh) {
+        int64_t now = ccm_mono_ms ();
+        if (woken || now >= next_check) {
+            s_check_cancelled (&self);
+            next_check = now + poll_ms;
+        }
+        if (projects_changed || now >= next_refresh) {
             s_refresh_projects (&self);
-            next_refresh = ccm_mono_ms () + 2000;
+            next_refresh = now + 2000;
         }
         s_claim (&self);
-        zclock_sleep ((int) poll_ms);
     }
+    zsock_destroy (&events);
     //  Agents keep running in tmux; a restarted executor adopts them.
     ccm_info ("stopping; %d agent(s) left running in tmux", self.nagents);
     for (int i = 0; i < self.nagents; i++)
