@@ -754,8 +754,7 @@ exec_main (ccm_config_t *config)
     //  Task status events wake the loop at once: a newly queued task is
     //  claimed without waiting for the next tick. The tick still runs, so a
     //  dropped PUB only delays, never loses, a claim or a cancellation.
-    zsock_t *events = ccm_bus_sub_connect (ccm_config_str (config, "store.pub_endpoint"),
-                                           "task.");
+    zsock_t *events = ccm_bus_sub_connect (ccm_config_str (config, "store.pub_endpoint"), "task.");
     if (events)
         zsock_set_subscribe (events, "project.");
     int64_t poll_ms = ccm_config_int (config, "executor.poll_ms");
