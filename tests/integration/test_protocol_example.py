@@ -33,6 +33,16 @@ class ProtocolExample(ccmtest.CcmTestCase):
                          "protocol_example.py differs from the example in schema/protocol.md; "
                          "copy the block over (or the doc fix back)")
 
+    def test_doc_defines_the_objects_the_tests_check(self):
+        """TASK, PROJECT and EVENT are read from protocol.md by the harness:
+        the definitions must be there and parseable."""
+        for name, basics in (("TASK", {"id", "short_id", "status", "prompt", "attempts"}),
+                             ("PROJECT", {"id", "name", "path"}),
+                             ("EVENT", {"v", "seq", "topic", "data"})):
+            keys = ccmtest.protocol_object_keys(name)
+            self.assertIsNotNone(keys, f"protocol.md has no '{name} is `{{...}}`' definition")
+            self.assertLessEqual(basics, keys, name)
+
     def test_example_runs_against_a_real_store(self):
         home = self.make_home(start=True)
         before = home.ok("task.add", prompt="already there")["task"]["id"]

@@ -33,7 +33,7 @@ class TaskAdd(ccmtest.StoreTestCase):
         body = json.loads(frames[1])
         self.assertEqual(body["v"], 1)
         task = self.assertTask(body["task"])
-        self.assertEqual(set(task) & TASK_KEYS, TASK_KEYS)
+        self.assertEqual(set(task), TASK_KEYS)
         self.assertEqual(task["prompt"], prompt)
         self.assertEqual(task["status"], "queued")
         self.assertEqual(task["priority"], "normal")
