@@ -46,6 +46,41 @@ ccm_now_iso (char out[25])
     snprintf (out, 25, "%.24s", text);
 }
 
+int
+ccm_iso_ms (const char *text, int64_t *ms)
+{
+    struct tm tm = {0};
+    int millis = 0, used = 0;
+    if (!text
+        || sscanf (text, "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                   &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &used)
+               != 6)
+        return -1;
+    const char *rest = text + used;
+    if (*rest == '.') {
+        int digits = 0;
+        for (rest++; isdigit ((unsigned char) *rest); rest++, digits++)
+            if (digits < 3)
+                millis = millis * 10 + (*rest - '0');
+        for (; digits < 3; digits++)
+            millis *= 10;
+    }
+    if (strcmp (rest, "Z") != 0)
+        return -1;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    *ms = (int64_t) timegm (&tm) * 1000 + millis;
+    return 0;
+}
+
+int64_t
+ccm_wall_ms (void)
+{
+    struct timespec ts;
+    clock_gettime (CLOCK_REALTIME, &ts);
+    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 int64_t
 ccm_mono_ms (void)
 {

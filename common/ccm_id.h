@@ -18,6 +18,13 @@ bool ccm_uuid_valid (const char *text);
 //  Writes the current UTC time as ISO-8601 with milliseconds into out (25 bytes).
 void ccm_now_iso (char out[25]);
 
+//  Parses a UTC ISO-8601 time as the store writes it (2026-01-02T03:04:05.678Z,
+//  milliseconds optional) into milliseconds since the epoch. Returns 0 or -1.
+int ccm_iso_ms (const char *text, int64_t *ms);
+
+//  Milliseconds since the epoch, on the wall clock.
+int64_t ccm_wall_ms (void);
+
 //  Milliseconds on the monotonic clock.
 int64_t ccm_mono_ms (void);
 

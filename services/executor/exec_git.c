@@ -17,15 +17,32 @@
 
 #define S_GIT_MS 60000
 
+//  Runs git in dir; *out gets stdout and stderr, or only stdout if parsed
+//  is true (for output that is parsed).
 static int
-s_git (const char *dir, char **out, char *const args[])
+s_git_run (const char *dir, char **out, char *const args[], bool parsed)
 {
     char *argv[24] = {"git", "-C", (char *) dir};
     int n = 3;
     for (int i = 0; args[i] && n < 23; i++)
         argv[n++] = args[i];
     argv[n] = NULL;
-    return ccm_proc_run (argv, NULL, out, S_GIT_MS);
+    char *errors = NULL;
+    int rc = ccm_proc_run2 (argv, NULL, out, parsed ? &errors : NULL, S_GIT_MS);
+    free (errors);
+    return rc;
+}
+
+static int
+s_git (const char *dir, char **out, char *const args[])
+{
+    return s_git_run (dir, out, args, false);
+}
+
+static int
+s_git_stdout (const char *dir, char **out, char *const args[])
+{
+    return s_git_run (dir, out, args, true);
 }
 
 static int
@@ -168,34 +185,41 @@ exec_git_worktree (exec_t *self, const char *project, const char *repo, const ch
     return 0;
 }
 
+//  Adds name to files unless it is there already.
+static void
+s_add_name (cJSON *files, const char *name)
+{
+    cJSON *item;
+    cJSON_ArrayForEach (item, files) if (strcmp (item->valuestring, name) == 0) return;
+    cJSON_AddItemToArray (files, cJSON_CreateString (name));
+}
+
 cJSON *
 exec_git_changed (const char *worktree, const char *base)
 {
+    //  -z everywhere: names come raw (spaces, tabs, unicode), NUL-separated,
+    //  never in git's quoted form.
     cJSON *files = cJSON_CreateArray ();
     char *out = NULL;
     //  Committed on the task branch since it left base...
     char range[300];
     snprintf (range, sizeof range, "%s...HEAD", base && *base ? base : "HEAD");
-    if (s_git (worktree, &out, (char *[]){"diff", "--name-only", range, NULL}) == 0)
-        for (char *line = strtok (out, "\n"); line; line = strtok (NULL, "\n"))
-            cJSON_AddItemToArray (files, cJSON_CreateString (line));
+    if (s_git_stdout (worktree, &out, (char *[]){"diff", "--name-only", "-z", range, NULL}) == 0)
+        for (char *name = out; name && *name; name += strlen (name) + 1)
+            s_add_name (files, name);
     free (out);
     out = NULL;
-    //  ...and not committed yet (modified, added, untracked).
-    if (s_git (worktree, &out, (char *[]){"status", "--porcelain", "--untracked-files=all", NULL})
+    //  ...and not committed yet (modified, added, untracked): "XY name\0",
+    //  and for a rename or copy "XY new\0old\0".
+    if (s_git_stdout (worktree, &out,
+                      (char *[]){"status", "--porcelain", "-z", "--untracked-files=all", NULL})
         == 0)
-        for (char *line = strtok (out, "\n"); line; line = strtok (NULL, "\n")) {
-            if (strlen (line) < 4)
-                continue;
-            const char *name = line + 3;
-            const char *arrow = strstr (name, " -> ");
-            if (arrow)
-                name = arrow + 4;
-            bool seen = false;
-            cJSON *item;
-            cJSON_ArrayForEach (item, files) seen = seen || strcmp (item->valuestring, name) == 0;
-            if (!seen)
-                cJSON_AddItemToArray (files, cJSON_CreateString (name));
+        for (char *entry = out; entry && *entry; entry += strlen (entry) + 1) {
+            bool moved = entry[0] == 'R' || entry[0] == 'C';
+            if (strlen (entry) > 3)
+                s_add_name (files, entry + 3);
+            if (moved && entry[strlen (entry) + 1])
+                entry += strlen (entry) + 1;
         }
     free (out);
     return files;

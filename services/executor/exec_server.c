@@ -225,7 +225,9 @@ s_finish (exec_t *self, exec_agent_t *agent, int status, int signal_number)
         cJSON_AddItemToObject (body, "result", result);
         cJSON_Delete (s_call (self, "task.result", body, true));
     }
-    s_agent_status (self, agent, signal_number ? "crashed" : "exited", "pane");
+    //  An agent we stopped (timeout, cancel) exited; one killed otherwise crashed.
+    s_agent_status (self, agent, signal_number && !agent->end_reason ? "crashed" : "exited",
+                    "pane");
     ccm_info ("task %s: %s (%s)", agent->short_id, to ? to : "cancelled", reason);
     exec_tmux (self, NULL, "kill-window", "-t", agent->window, NULL);
     s_remove (self, agent);
@@ -277,6 +279,20 @@ s_claude_dir (exec_t *self, exec_profile_t *profile, char *out, size_t len)
     snprintf (out, len, "%s", dir ? dir : "/root");
 }
 
+//  Sets the agent's deadline from the task's timeout_s, counted from when
+//  the task started executing, so that an executor restart does not reset it.
+static void
+s_set_deadline (exec_agent_t *agent, cJSON *task)
+{
+    cJSON *timeout = cJSON_GetObjectItemCaseSensitive (task, "timeout_s");
+    if (!cJSON_IsNumber (timeout) || timeout->valuedouble <= 0)
+        return;
+    int64_t started, elapsed = 0;
+    if (ccm_iso_ms (s_str (task, "started_at"), &started) == 0 && ccm_wall_ms () > started)
+        elapsed = ccm_wall_ms () - started;
+    agent->deadline_ms = ccm_mono_ms () - elapsed + (int64_t) (timeout->valuedouble * 1000);
+}
+
 //  Starts the agent of an assigned task: worktree, profile, tmux window.
 static void
 s_start (exec_t *self, cJSON *task)
@@ -293,8 +309,10 @@ s_start (exec_t *self, cJSON *task)
     const char *repo = s_str (project, "path");
     struct stat st;
     if (!repo || stat (repo, &st) || !S_ISDIR (st.st_mode)) {
-        char reason[PATH_MAX + 64];
-        snprintf (reason, sizeof reason, "project path %s does not exist", repo ? repo : "?");
+        char reason[PATH_MAX + 300];
+        snprintf (reason, sizeof reason, "project path %s %s on %s", repo ? repo : "(none)",
+                  !repo || stat (repo, &st) ? "does not exist" : "is not a directory",
+                  self->hostname);
         s_fail_start (self, task_id, reason);
         return;
     }
@@ -368,9 +386,7 @@ s_start (exec_t *self, cJSON *task)
         s_agent_destroy (&agent);
         return;
     }
-    cJSON *timeout = cJSON_GetObjectItemCaseSensitive (task, "timeout_s");
-    if (cJSON_IsNumber (timeout) && timeout->valuedouble > 0)
-        agent->deadline_ms = ccm_mono_ms () + (int64_t) (timeout->valuedouble * 1000);
+    s_set_deadline (agent, task);
     self->agents = realloc (self->agents, (size_t) (self->nagents + 1) * sizeof *self->agents);
     self->agents[self->nagents++] = agent;
     s_agent_status (self, agent, "running", "spawn");
@@ -419,10 +435,12 @@ s_claim (exec_t *self)
     cJSON_AddStringToObject (body, "system_id", self->system_id);
     cJSON *names = cJSON_AddArrayToObject (body, "projects");
     cJSON *project;
+    //  Every project with a path, even one missing here: its tasks then fail
+    //  with the reason, rather than wait forever. The router (which knows
+    //  every machine's contexts) will replace this direct claim.
     cJSON_ArrayForEach (project, self->projects)
     {
-        struct stat st;
-        if (s_str (project, "path") && stat (s_str (project, "path"), &st) == 0)
+        if (s_str (project, "path"))
             cJSON_AddItemToArray (names, cJSON_CreateString (s_str (project, "name")));
     }
     cJSON_AddNumberToObject (body, "limit", free_slots);
@@ -433,54 +451,68 @@ s_claim (exec_t *self)
     cJSON_Delete (reply);
 }
 
-//  Reads every pane: "window_id task_id dead status signal pid" per line.
-//  Returns the output (caller frees), or NULL when the tmux server is gone.
+//  One pane of ccm's tmux server, as list-panes reports it.
+typedef struct {
+    char window[32];
+    char task[CCM_UUID_LEN + 1];   //  @ccm_task, set at spawn
+    char agent[CCM_UUID_LEN + 1];  //  @ccm_agent, set at spawn
+    bool dead;
+    int status;  //  exit status once dead
+    int signal;  //  the signal that killed it, or 0
+    pid_t pid;
+} s_pane_t;
+
+#define S_PANE_FORMAT                                                                              \
+    "#{window_id}\t#{@ccm_task}\t#{@ccm_agent}\t#{pane_dead}\t#{pane_dead_status}\t"               \
+    "#{pane_dead_signal}\t#{pane_pid}"
+
+//  Reads every pane, one S_PANE_FORMAT line each. Returns the output
+//  (caller frees), or NULL when the tmux server is gone.
 static char *
 s_panes (exec_t *self)
 {
     char *out = NULL;
-    int rc = exec_tmux (self, &out, "list-panes", "-a", "-F",
-                        "#{window_id} #{@ccm_task} #{pane_dead} #{pane_dead_status} "
-                        "#{pane_dead_signal} #{pane_pid} ",
-                        NULL);
-    if (rc != 0) {
+    if (exec_tmux (self, &out, "list-panes", "-a", "-F", S_PANE_FORMAT, NULL) != 0) {
         free (out);
         return NULL;
     }
     return out;
 }
 
-//  Finds the line of window in panes; fills the fields. Returns 0 if found.
-static int
-s_pane (const char *panes, const char *window, int *dead, int *status, int *sig, pid_t *pid)
+//  Parses the line at *cursor (advancing it) into pane. Returns false at the end.
+static bool
+s_pane_next (const char **cursor, s_pane_t *pane)
 {
-    size_t wlen = strlen (window);
-    for (const char *line = panes; line && *line;
-         line = strchr (line, '\n') ? strchr (line, '\n') + 1 : NULL) {
-        if (strncmp (line, window, wlen) != 0 || line[wlen] != ' ')
-            continue;
-        char task[64] = "";
-        char status_text[16] = "", sig_text[16] = "";
-        long pid_value = 0;
-        //  Empty fields collapse; parse by hand.
-        const char *p = line + wlen + 1;
-        sscanf (p, "%63s", task);
-        p = strchr (p, ' ');
-        *dead = p ? atoi (p + 1) : 0;
-        p = p ? strchr (p + 1, ' ') : NULL;
-        if (p && p[1] != ' ')
-            sscanf (p + 1, "%15[0-9]", status_text);
-        p = p ? strchr (p + 1, ' ') : NULL;
-        if (p && p[1] != ' ')
-            sscanf (p + 1, "%15[0-9]", sig_text);
-        p = p ? strchr (p + 1, ' ') : NULL;
-        if (p)
-            pid_value = atol (p + 1);
-        *status = atoi (status_text);
-        *sig = atoi (sig_text);
-        *pid = (pid_t) pid_value;
-        return 0;
-    }
+    const char *line = *cursor;
+    if (!line || !*line)
+        return false;
+    const char *eol = strchr (line, '\n');
+    *cursor = eol ? eol + 1 : line + strlen (line);
+    char text[512];
+    snprintf (text, sizeof text, "%.*s", (int) (eol ? eol - line : (long) strlen (line)), line);
+    //  Fields may be empty (no @ccm_task, not dead): split on every tab.
+    char *fields[7] = {0}, *rest = text;
+    for (int i = 0; i < 7; i++)
+        fields[i] = strsep (&rest, "\t");
+    memset (pane, 0, sizeof *pane);
+    snprintf (pane->window, sizeof pane->window, "%s", fields[0] ? fields[0] : "");
+    snprintf (pane->task, sizeof pane->task, "%s", fields[1] ? fields[1] : "");
+    snprintf (pane->agent, sizeof pane->agent, "%s", fields[2] ? fields[2] : "");
+    pane->dead = fields[3] && atoi (fields[3]) == 1;
+    pane->status = fields[4] ? atoi (fields[4]) : 0;
+    pane->signal = fields[5] ? atoi (fields[5]) : 0;
+    pane->pid = fields[6] ? (pid_t) atol (fields[6]) : 0;
+    return true;
+}
+
+//  Finds window in panes. Returns 0 and fills pane if found.
+static int
+s_pane_find (const char *panes, const char *window, s_pane_t *pane)
+{
+    const char *cursor = panes;
+    while (s_pane_next (&cursor, pane))
+        if (strcmp (pane->window, window) == 0)
+            return 0;
     return -1;
 }
 
@@ -494,27 +526,26 @@ s_watch (exec_t *self)
     int64_t grace = ccm_config_int (self->config, "executor.kill_grace_ms");
     for (int i = self->nagents - 1; i >= 0; i--) {
         exec_agent_t *agent = self->agents[i];
-        int dead = 0, status = 0, sig = 0;
-        pid_t pid = 0;
-        if (!panes || s_pane (panes, agent->window, &dead, &status, &sig, &pid)) {
+        s_pane_t pane;
+        if (!panes || s_pane_find (panes, agent->window, &pane)) {
             //  The window vanished (tmux killed, or closed by hand): a crash.
             ccm_warn ("task %s: tmux window %s is gone", agent->short_id, agent->window);
             s_finish (self, agent, 0, SIGKILL);
             continue;
         }
-        if (dead) {
-            s_finish (self, agent, status, sig);
+        if (pane.dead) {
+            s_finish (self, agent, pane.status, pane.signal);
             continue;
         }
         if (!agent->end_reason && agent->deadline_ms && now >= agent->deadline_ms)
             agent->end_reason = "timeout";
-        if (agent->end_reason && !agent->term_sent_ms) {
+        if (agent->end_reason && !agent->term_sent_ms && pane.pid > 1) {
             //  tmux made the agent a session leader: signal its whole group.
-            kill (-pid, SIGTERM);
+            kill (-pane.pid, SIGTERM);
             agent->term_sent_ms = now;
         }
-        else if (agent->term_sent_ms && now - agent->term_sent_ms >= grace)
-            kill (-pid, SIGKILL);
+        else if (agent->term_sent_ms && now - agent->term_sent_ms >= grace && pane.pid > 1)
+            kill (-pane.pid, SIGKILL);
     }
     free (panes);
 }
@@ -539,12 +570,103 @@ s_check_cancelled (exec_t *self)
     }
 }
 
-//  After a restart: adopt the windows of our tasks that still run, record
-//  the ones that ended meanwhile, and start the ones never started.
+//  The agent watching task_id, or NULL.
+static exec_agent_t *
+s_agent_of (exec_t *self, const char *task_id)
+{
+    for (int i = 0; i < self->nagents; i++)
+        if (strcmp (self->agents[i]->task_id, task_id) == 0)
+            return self->agents[i];
+    return NULL;
+}
+
+//  After a restart, watches again the agent of task running in pane: the
+//  same agent id (from the window), worktree and deadline as before.
+static void
+s_adopt (exec_t *self, cJSON *task, const s_pane_t *pane)
+{
+    const char *id = s_str (task, "id");
+    exec_agent_t *agent = calloc (1, sizeof *agent);
+    snprintf (agent->task_id, sizeof agent->task_id, "%s", id);
+    snprintf (agent->short_id, sizeof agent->short_id, "%.8s", id);
+    snprintf (agent->window, sizeof agent->window, "%s", pane->window);
+    if (ccm_uuid_valid (pane->agent))
+        snprintf (agent->agent_id, sizeof agent->agent_id, "%s", pane->agent);
+    else
+        ccm_uuid (agent->agent_id);
+    const char *project = s_str (task, "requires_project");
+    agent->project = strdup (project ? project : "");
+    const char *project_id = s_str (task, "project_id");
+    agent->project_id = project_id ? strdup (project_id) : NULL;
+    const char *profile = s_str (task, "agent_profile");
+    agent->profile =
+        strdup (profile ? profile : ccm_config_str (self->config, "executor.default_profile"));
+    exec_profile_t found;
+    agent->headless = exec_profile_find (self, agent->profile, &found) == 0 && found.headless;
+    if (asprintf (&agent->log_path, "%s/%s.log", ccm_config_str (self->config, "executor.logs"), id)
+        < 0)
+        agent->log_path = NULL;
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "task", id);
+    cJSON *reply = s_call (self, "worktree.list", body, false);
+    cJSON *worktree = cJSON_GetArrayItem (cJSON_GetObjectItemCaseSensitive (reply, "worktrees"), 0);
+    const char *path = s_str (worktree, "worktree_path");
+    const char *base = s_str (worktree, "base_branch");
+    agent->worktree = strdup (path ? path : "/");
+    agent->base = strdup (base ? base : "HEAD");
+    cJSON_Delete (reply);
+    s_set_deadline (agent, task);
+    self->agents = realloc (self->agents, (size_t) (self->nagents + 1) * sizeof *self->agents);
+    self->agents[self->nagents++] = agent;
+    ccm_info ("task %s: reattached to tmux window %s", agent->short_id, pane->window);
+}
+
+//  After a restart: adopt the windows of our tasks that still run (or were
+//  cancelled meanwhile, to stop them), record the ones that ended meanwhile,
+//  close windows of tasks already settled, and start the ones never started.
 static void
 s_reconcile (exec_t *self)
 {
     char *panes = s_panes (self);
+    const char *cursor = panes;
+    s_pane_t pane;
+    while (s_pane_next (&cursor, &pane)) {
+        if (!ccm_uuid_valid (pane.task) || s_agent_of (self, pane.task))
+            continue;
+        cJSON *body = cJSON_CreateObject ();
+        cJSON_AddStringToObject (body, "task", pane.task);
+        cJSON *reply = s_call (self, "task.get", body, false);
+        cJSON *task = cJSON_GetObjectItemCaseSensitive (reply, "task");
+        const char *status = s_str (task, "status");
+        const char *locked_by = s_str (task, "locked_by");
+        bool ours = locked_by && strcmp (locked_by, self->system_id) == 0;
+        bool recorded =
+            cJSON_GetArraySize (cJSON_GetObjectItemCaseSensitive (reply, "results")) > 0;
+        if (!status)
+            ccm_warn ("tmux window %s names unknown task %s; left alone", pane.window, pane.task);
+        else if (ours && (strcmp (status, "executing") == 0 || strcmp (status, "assigned") == 0)) {
+            s_adopt (self, task, &pane);
+            if (strcmp (status, "assigned") == 0)
+                s_move (self, pane.task, "executing", "agent started", NULL);
+        }
+        else if (strcmp (status, "cancelled") == 0 && !recorded) {
+            s_adopt (self, task, &pane);
+            ccm_info ("task %.8s: cancelled while the executor was down; stopping its agent",
+                      pane.task);
+            s_agent_of (self, pane.task)->end_reason = "cancelled";
+        }
+        else {
+            //  Settled without this window (or taken by another executor).
+            ccm_info ("task %.8s is %s; closing its tmux window %s", pane.task, status,
+                      pane.window);
+            if (!pane.dead && pane.pid > 1)
+                kill (-pane.pid, SIGTERM);
+            exec_tmux (self, NULL, "kill-window", "-t", pane.window, NULL);
+        }
+        cJSON_Delete (reply);
+    }
+    free (panes);
+
     const char *statuses[] = {"executing", "assigned"};
     for (int s = 0; s < 2; s++) {
         cJSON *body = cJSON_CreateObject ();
@@ -556,69 +678,21 @@ s_reconcile (exec_t *self)
         {
             const char *locked_by = s_str (task, "locked_by");
             const char *id = s_str (task, "id");
-            if (!locked_by || strcmp (locked_by, self->system_id) != 0)
+            if (!id || !locked_by || strcmp (locked_by, self->system_id) != 0
+                || s_agent_of (self, id))
                 continue;
-            //  Find its window by the @ccm_task option set at spawn.
-            char window[32] = "";
-            for (const char *line = panes; line && *line;
-                 line = strchr (line, '\n') ? strchr (line, '\n') + 1 : NULL) {
-                char wid[32], tid[64];
-                if (sscanf (line, "%31s %63s", wid, tid) == 2 && strcmp (tid, id) == 0)
-                    snprintf (window, sizeof window, "%s", wid);
-            }
-            if (!window[0]) {
-                if (s == 1)
-                    s_start (self, task);  //  claimed, never started
-                else {
-                    cJSON *result = cJSON_CreateObject ();
-                    cJSON_AddStringToObject (result, "status", "crashed");
-                    cJSON_AddStringToObject (result, "output", "agent window lost");
-                    s_move (self, id, "failed",
-                            "agent lost: no tmux window after an executor restart", result);
-                }
-                continue;
-            }
-            exec_agent_t *agent = calloc (1, sizeof *agent);
-            snprintf (agent->task_id, sizeof agent->task_id, "%s", id);
-            snprintf (agent->short_id, sizeof agent->short_id, "%.8s", id);
-            snprintf (agent->window, sizeof agent->window, "%s", window);
-            ccm_uuid (agent->agent_id);
-            const char *project = s_str (task, "requires_project");
-            agent->project = strdup (project ? project : "");
-            agent->project_id =
-                s_str (task, "project_id") ? strdup (s_str (task, "project_id")) : NULL;
-            const char *profile = s_str (task, "agent_profile");
-            agent->profile = strdup (
-                profile ? profile : ccm_config_str (self->config, "executor.default_profile"));
-            exec_profile_t found;
-            agent->headless =
-                exec_profile_find (self, agent->profile, &found) == 0 && found.headless;
-            if (asprintf (&agent->log_path, "%s/%s.log",
-                          ccm_config_str (self->config, "executor.logs"), id)
-                < 0)
-                agent->log_path = NULL;
-            cJSON *wbody = cJSON_CreateObject ();
-            cJSON_AddStringToObject (wbody, "task", id);
-            cJSON *wreply = s_call (self, "worktree.list", wbody, false);
-            cJSON *wt =
-                cJSON_GetArrayItem (cJSON_GetObjectItemCaseSensitive (wreply, "worktrees"), 0);
-            agent->worktree =
-                strdup (s_str (wt, "worktree_path") ? s_str (wt, "worktree_path") : "/");
-            agent->base = strdup (s_str (wt, "base_branch") ? s_str (wt, "base_branch") : "HEAD");
-            cJSON_Delete (wreply);
-            cJSON *timeout = cJSON_GetObjectItemCaseSensitive (task, "timeout_s");
-            if (cJSON_IsNumber (timeout) && timeout->valuedouble > 0)
-                agent->deadline_ms = ccm_mono_ms () + (int64_t) (timeout->valuedouble * 1000);
-            self->agents =
-                realloc (self->agents, (size_t) (self->nagents + 1) * sizeof *self->agents);
-            self->agents[self->nagents++] = agent;
-            ccm_info ("task %s: reattached to tmux window %s", agent->short_id, window);
             if (s == 1)
-                s_move (self, id, "executing", "agent started", NULL);
+                s_start (self, task);  //  claimed, never started
+            else {
+                cJSON *result = cJSON_CreateObject ();
+                cJSON_AddStringToObject (result, "status", "crashed");
+                cJSON_AddStringToObject (result, "output", "agent window lost");
+                s_move (self, id, "failed", "agent lost: no tmux window after an executor restart",
+                        result);
+            }
         }
         cJSON_Delete (reply);
     }
-    free (panes);
 }
 
 static void

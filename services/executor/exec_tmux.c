@@ -134,12 +134,31 @@ exec_tmux_spawn (exec_t *self, exec_agent_t *agent, char **argv, char **error)
         }
     }
     int pairs_end = n;
-    for (int i = 0; argv[i] && n < S_ARGS_MAX - 12; i++)
+    //  The window carries its task and agent ids, so that a restarted
+    //  executor finds both again.
+    const char *tail[] = {";",
+                          "set-option",
+                          "-g",
+                          "remain-on-exit",
+                          "on",
+                          ";",
+                          "set-option",
+                          "-w",
+                          "@ccm_task",
+                          agent->task_id,
+                          ";",
+                          "set-option",
+                          "-w",
+                          "@ccm_agent",
+                          agent->agent_id,
+                          ";",
+                          "pipe-pane",
+                          "-o",
+                          pipe};
+    size_t ntail = sizeof tail / sizeof tail[0];
+    for (int i = 0; argv[i] && n < S_ARGS_MAX - (int) ntail - 1; i++)
         args[n++] = argv[i];
-    const char *tail[] = {
-        ";",         "set-option",   "-g", "remain-on-exit", "on", ";", "set-option", "-w",
-        "@ccm_task", agent->task_id, ";",  "pipe-pane",      "-o", pipe};
-    for (size_t i = 0; i < sizeof tail / sizeof tail[0]; i++)
+    for (size_t i = 0; i < ntail; i++)
         args[n++] = tail[i];
     args[n] = NULL;
 
