@@ -425,6 +425,9 @@ cli_cmd_attach (cli_t *cli, int argc, char **argv)
     return cli_fail ("cannot run tmux: %s", strerror (errno));
 }
 
+//  Text longer than this is recorded by its size only.
+#define S_SEND_RECORD_MAX (32 * 1024)
+
 int
 cli_cmd_send (cli_t *cli, int argc, char **argv)
 {
@@ -434,9 +437,10 @@ cli_cmd_send (cli_t *cli, int argc, char **argv)
     cJSON *task = s_task (cli, argv[0], &reply);
     if (!task)
         return 1;
-    char window[32], buffer[64];
-    s_window (cli, cli_str (task, "id"), window, sizeof window);
-    snprintf (buffer, sizeof buffer, "ccm-%.8s", cli_str (task, "id"));
+    char window[32], buffer[64], task_id[64];
+    snprintf (task_id, sizeof task_id, "%s", cli_str (task, "id"));
+    s_window (cli, task_id, window, sizeof window);
+    snprintf (buffer, sizeof buffer, "ccm-%.8s", task_id);
     cJSON_Delete (reply);
     if (!window[0])
         return cli_fail ("task %s has no running agent window", argv[0]);
@@ -467,8 +471,26 @@ cli_cmd_send (cli_t *cli, int argc, char **argv)
     }
     if (rc)
         return cli_fail ("tmux could not deliver the text to window %s", window);
-    printf ("sent to %s (delivery is confirmed by the agent's UserPromptSubmit hook once hooks "
-            "are installed)\n",
-            window);
+    //  Recorded as sent; the agent's UserPromptSubmit hook confirms receipt.
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "task", task_id);
+    cJSON *data = cJSON_AddObjectToObject (body, "data");
+    cJSON_AddStringToObject (data, "kind", "input");
+    cJSON_AddStringToObject (data, "delivery", "sent");
+    cJSON_AddStringToObject (data, "via", "ccm send");
+    cJSON_AddStringToObject (data, "window", window);
+    cJSON_AddNumberToObject (data, "bytes", (double) len);
+    if (len <= S_SEND_RECORD_MAX)
+        cJSON_AddStringToObject (data, "text", argv[1]);
+    else
+        cJSON_AddBoolToObject (data, "text_omitted", true);
+    cli_add_idem (body);
+    cJSON *recorded = NULL;
+    rc = cli_call (cli, "task.progress", body, &recorded);
+    cJSON_Delete (body);
+    cJSON_Delete (recorded);
+    if (rc)
+        return cli_fail ("the text was sent to window %s, but not recorded", window);
+    printf ("sent to %s\n", window);
     return 0;
 }

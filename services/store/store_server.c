@@ -39,6 +39,7 @@ static const struct {
     {"context.upsert", true, store_context_upsert},
     {"task.claim", true, store_task_claim},
     {"task.result", true, store_task_result},
+    {"task.progress", true, store_task_progress},
     {"agent.upsert", true, store_agent_upsert},
     {"worktree.upsert", true, store_worktree_upsert},
     {"worktree.list", false, store_worktree_list},

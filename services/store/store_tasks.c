@@ -8,7 +8,8 @@
 
 #include <unistd.h>
 
-#define S_NOW "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
+#define S_PROGRESS_MAX (64 * 1024)  //  a progress note, as JSON
+#define S_NOW          "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
 
 #define S_PROJECT_JSON                                                                             \
     "json_object('id', id, 'name', name, 'path', path, 'repo_url', repo_url,"                      \
@@ -534,6 +535,42 @@ store_task_result (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
         || s_resolve_task (self, "task", ref, id, err) || s_add_result (self, id, result, err))
         return -1;
     cJSON_AddStringToObject (reply, "task_id", id);
+    return 0;
+}
+
+int
+store_task_progress (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
+{
+    const char *ref = NULL;
+    cJSON *data = NULL;
+    char id[CCM_UUID_LEN + 1], event_id[CCM_UUID_LEN + 1];
+    if (ccm_get_string (body, "task", true, 64, &ref, err)
+        || ccm_get_object (body, "data", true, &data, err)
+        || s_resolve_task (self, "task", ref, id, err))
+        return -1;
+    char *text = cJSON_PrintUnformatted (data);
+    if (text && strlen (text) > S_PROGRESS_MAX) {
+        free (text);
+        return ccm_fail (err, "too_large", "data", "data: more than %d bytes as JSON",
+                         S_PROGRESS_MAX);
+    }
+    sqlite3_stmt *stmt = store_db_prepare (self->db, "INSERT INTO task_events"
+                                                     " (id, task_id, event_type, event_data)"
+                                                     " VALUES (?, ?, 'progress', ?)");
+    ccm_uuid (event_id);
+    int rc = SQLITE_ERROR;
+    if (stmt && text) {
+        sqlite3_bind_text (stmt, 1, event_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text (stmt, 2, id, -1, SQLITE_STATIC);
+        sqlite3_bind_text (stmt, 3, text, -1, SQLITE_STATIC);
+        rc = sqlite3_step (stmt);
+    }
+    sqlite3_finalize (stmt);
+    free (text);
+    if (rc != SQLITE_DONE)
+        return store_db_fail (self, err, "task.progress");
+    cJSON_AddStringToObject (reply, "task_id", id);
+    cJSON_AddStringToObject (reply, "event_id", event_id);
     return 0;
 }
 

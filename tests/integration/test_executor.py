@@ -466,6 +466,45 @@ class TestPrompts(ExecutorTestCase):
         self.assertFalse(os.path.exists(pwned), "$(...) in the prompt was run by a shell")
         self.assertFalse(os.path.exists(pwned_bt), "backticks in the prompt were run by a shell")
 
+    def test_send_reaches_agent_verbatim_and_is_recorded(self):
+        """`ccm send` types text into a live agent, byte for byte, then Enter;
+        the store records it as sent (a task.progress event)."""
+        tag = uuid.uuid4().hex[:12]
+        pwned = f"/tmp/ccm-pwned-send-{tag}"
+        self.addCleanup(lambda: os.path.exists(pwned) and os.unlink(pwned))
+        text = f"'\"$(touch {pwned})\"' `touch {pwned}` $HOME ünïcödé 🚀 {{prompt}} %s"
+        repo = self.make_repo()
+        self.add_project(self.PROJECT, repo)
+        self.start_executor()
+        # The agent reads one line from its terminal, as a TUI would.
+        task_id = self.add_task("python3 -c 'import sys; "
+                                "open(\"got.bin\", \"wb\").write(sys.stdin.buffer.readline())'")
+        self.wait_status(task_id, "executing")
+        rc, out, err = self.home.run_cli("send", task_id[:8], text)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("sent to", out)
+        task = self.wait_final(task_id)
+        self.assertEqual(task["status"], "complete", task)
+        with open(os.path.join(self.worktree_path(task_id), "got.bin"), "rb") as f:
+            self.assertEqual(f.read(), (text + "\n").encode())
+        self.assertFalse(os.path.exists(pwned), "sent text was run by a shell")
+        rows = self.home.query("SELECT event_data FROM task_events WHERE task_id = ?"
+                               " AND event_type = 'progress'", task_id)
+        self.assertEqual(len(rows), 1, rows)
+        data = json.loads(rows[0][0])
+        self.assertEqual((data["kind"], data["delivery"], data["text"], data["bytes"]),
+                         ("input", "sent", text, len(text.encode())))
+        topics = [r[0] for r in self.home.query(
+            "SELECT topic FROM events WHERE task_id = ? ORDER BY seq", task_id)]
+        self.assertIn("task.progress", topics)
+
+        # No live agent: a clear error, nothing recorded.
+        rc, out, err = self.home.run_cli("send", task_id[:8], "too late")
+        self.assertNotEqual(rc, 0)
+        self.assertIn("no running agent", err)
+        self.assertEqual(len(self.home.query("SELECT 1 FROM task_events WHERE task_id = ?"
+                                             " AND event_type = 'progress'", task_id)), 1)
+
     def test_window_environment(self):
         repo = self.make_repo()
         self.add_project(self.PROJECT, repo)

@@ -2,6 +2,7 @@
 agent.upsert, worktree.upsert/list, task.result and results on transitions.
 Real ccm-store, raw ZeroMQ, assertions on the database."""
 
+import json
 import threading
 import uuid
 
@@ -94,6 +95,25 @@ class ExecVerbs(ccmtest.StoreTestCase):
         self.assertEqual(len(got), 60)
         self.assertEqual(len(set(got)), 60)
         self.assertEqual(self.store.scalar("SELECT count(*) FROM tasks WHERE status='assigned'"), 60)
+
+    def test_progress_notes(self):
+        task = self.add_task("work")
+        note = {"kind": "input", "delivery": "sent", "text": "ünï \"q\" $(x)"}
+        reply = self.store.ok("task.progress", idem=idem(), task=task["id"][:8], data=note)
+        self.assertEqual(reply["task_id"], task["id"])
+        rows = self.store.query("SELECT id, event_data FROM task_events"
+                                " WHERE event_type = 'progress'")
+        self.assertEqual([(r[0], json.loads(r[1])) for r in rows], [(reply["event_id"], note)])
+        self.assertEqual(json.loads(self.store.scalar(
+            "SELECT data FROM events WHERE topic = 'task.progress'")), note)
+        for body, code, field in (({"data": note}, "missing_field", "task"),
+                                  ({"task": task["id"], "data": "text"}, "bad_field", "data"),
+                                  ({"task": task["id"], "data": {"t": "x" * 70000}},
+                                   "too_large", "data"),
+                                  ({"task": "f" * 8, "data": note}, "not_found", "task")):
+            self.assertError(self.store.call("task.progress", idem=idem(), **body), code, field)
+        self.assertEqual(self.store.scalar("SELECT count(*) FROM task_events"
+                                           " WHERE event_type = 'progress'"), 1)
 
     def test_results_agents_and_worktrees(self):
         system = self.register()
