@@ -47,6 +47,11 @@ static const ccm_config_key_t s_keys[] = {
     {"executor.kill_grace_ms", CCM_CFG_INT, "3000", "SIGTERM to SIGKILL delay"},
     {"executor.claude_config_dir", CCM_CFG_STRING, "",
      "Claude Code config dir for trust pre-acceptance (empty: $CLAUDE_CONFIG_DIR or ~)"},
+    {"hooks.socket", CCM_CFG_STRING, "{home}/run/hooks.sock",
+     "where ccm-hook hands events to ccm-hooks (a unix socket)"},
+    {"hooks.spool", CCM_CFG_STRING, "{home}/spool",
+     "events spooled by ccm-hook, and the ingester's journal"},
+    {"hooks.batch_max", CCM_CFG_INT, "5000", "most hook events in one store write"},
     {NULL, CCM_CFG_STRING, NULL, NULL}};
 
 #define S_NKEYS (sizeof s_keys / sizeof s_keys[0] - 1)

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 int
@@ -83,6 +84,29 @@ ccm_msg_error_body (const ccm_error_t *err)
         cJSON_AddStringToObject (error, "field", err->field);
     cJSON_AddStringToObject (error, "message", err->message);
     return body;
+}
+
+char *
+ccm_utf8_clean (const char *bytes, size_t size)
+{
+    char *text = malloc (size + 1);
+    if (!text)
+        return NULL;
+    size_t out = 0;
+    for (size_t i = 0; i < size;) {
+        unsigned char c = (unsigned char) bytes[i];
+        size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : 4;
+        if (c == 0 || i + len > size || !ccm_utf8_valid (bytes + i, len)) {
+            text[out++] = '?';
+            i++;
+            continue;
+        }
+        memcpy (text + out, bytes + i, len);
+        out += len;
+        i += len;
+    }
+    text[out] = 0;
+    return text;
 }
 
 bool

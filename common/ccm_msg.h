@@ -39,6 +39,10 @@ cJSON *ccm_msg_error_body (const ccm_error_t *err);
 //  True if bytes are valid UTF-8 (no overlongs, no surrogates).
 bool ccm_utf8_valid (const char *bytes, size_t size);
 
+//  A NUL-terminated copy of bytes as valid UTF-8 text: each byte that does
+//  not start a valid sequence, and each NUL, becomes '?'. Caller frees.
+char *ccm_utf8_clean (const char *bytes, size_t size);
+
 //  Field readers. Each returns 0 and sets *out (borrowed from obj; left
 //  untouched when the field is absent and optional), or -1 with err naming
 //  the field. max is the largest byte length allowed (0: no limit).

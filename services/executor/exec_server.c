@@ -115,18 +115,9 @@ s_tail (const char *path)
     size_t start = 0;
     while (from > 0 && start < n && ((unsigned char) text[start] & 0xC0) == 0x80)
         start++;
-    memmove (text, text + start, n - start + 1);
-    n -= start;
-    for (size_t i = 0; i < n;) {
-        unsigned char c = (unsigned char) text[i];
-        size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : 4;
-        if (c == 0 || i + len > n || !ccm_utf8_valid (text + i, len)) {
-            text[i++] = '?';
-            continue;
-        }
-        i += len;
-    }
-    return text;
+    char *clean = ccm_utf8_clean (text + start, n - start);
+    free (text);
+    return clean ? clean : strdup ("");
 }
 
 //  For headless Claude Code: the stream-json "result" object in the log.

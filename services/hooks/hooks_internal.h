@@ -1,0 +1,60 @@
+/*  hooks_internal: what the modules of ccm-hooks, the hook ingester, share.
+
+    ccm-hook processes hand records (hook_wire.h) to the ingester over a
+    unix socket. The ingester appends each to its journal before it acks,
+    normalizes it into a hook_events row, and writes rows to the store in
+    batches, one batch in flight at a time. A journal segment is deleted
+    once every event in it is committed, so a kill -9 at any moment loses
+    nothing: the restart replays the journal and the spool, and the store
+    skips events it already has (by uid).                                   */
+
+#ifndef HOOKS_INTERNAL_H_INCLUDED
+#define HOOKS_INTERNAL_H_INCLUDED
+
+#include "ccm_config.h"
+#include "hook_wire.h"
+
+#include <cjson/cJSON.h>
+#include <czmq.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+//  One record, parsed; pointers into the record's bytes.
+typedef struct {
+    char uid[64];
+    char cli[16];
+    char task[64];
+    char agent[64];
+    char system[64];
+    int64_t ts_ms;
+    int64_t truncated;  //  the original size if the body was cut, else 0
+    const char *body;
+    size_t body_len;
+} hooks_record_t;
+
+//  Checks and parses one whole record (prefix included) of len bytes.
+//  Returns 0, or -1 with *why set to a static reason.
+int hooks_record_parse (const unsigned char *data, size_t len, hooks_record_t *record,
+                        const char **why);
+
+//  How many bytes the record starting at data needs in all, once at least
+//  HOOK_PREFIX_LEN are there. Returns 0 and sets *why if the prefix is bad.
+size_t hooks_record_size (const unsigned char *data, const char **why);
+
+//  What the ingester remembers across events: which task and agent each
+//  Claude Code session belongs to (for events whose environment lacks them).
+typedef struct hooks_sessions_t hooks_sessions_t;
+
+hooks_sessions_t *hooks_sessions_new (void);
+void hooks_sessions_destroy (hooks_sessions_t **self_p);
+
+//  Turns a record into a hook.add event object (caller owns): every event
+//  is kept, unknown types, broken JSON and cut ones included.
+cJSON *hooks_event_new (hooks_sessions_t *sessions, const hooks_record_t *record);
+
+//  The agent state an event implies, or NULL if it implies none:
+//  running, waiting, idle or exited.
+const char *hooks_event_state (cJSON *event);
+
+#endif

@@ -1,0 +1,636 @@
+/*  hooks_server: the ingester's loop (zloop).
+
+    - A unix socket takes records from ccm-hook. Each record goes to the
+      journal (one write) before the ack, so once ccm-hook exits the event
+      survives a kill -9 of the ingester.
+    - Events wait in `pending` and go to the store as one hook.add batch,
+      one batch in flight at a time: while a batch commits, the next fills.
+    - The files a batch makes redundant (sealed journal segments, drained
+      spool files) are deleted only when the store acks the batch.
+    - Agent states derived from the events go to the store as agent.upsert,
+      the latest per agent, between batches.                              */
+
+#include "hooks_internal.h"
+
+#include "ccm_bus.h"
+#include "ccm_id.h"
+#include "ccm_log.h"
+#include "ccm_msg.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define S_CONN_MAX        1024  //  ccm-hook connections open at once
+#define S_SPOOL_SCAN_MS   1000  //  how often the spool is looked at
+#define S_RECV_TIMEOUT_MS 5000  //  a connection that sends nothing is closed
+
+typedef struct hooks_t hooks_t;
+
+//  One ccm-hook connection, until its record is whole.
+typedef struct {
+    hooks_t *owner;
+    int fd;
+    unsigned char *data;
+    size_t len, cap, need;
+    int64_t opened_ms;
+} s_conn_t;
+
+//  A request to the store, in flight or queued.
+typedef struct {
+    char *verb;
+    cJSON *body;  //  without idem; the same key is reused on a resend
+    char idem[CCM_UUID_LEN + 1];
+    zlistx_t *files;  //  paths to delete once it is acked (char *)
+    int64_t sent_ms;
+    int events;  //  hook events in it
+} s_request_t;
+
+struct hooks_t {
+    ccm_config_t *config;
+    zloop_t *loop;
+    int listen_fd;
+    zsock_t *store;
+    char *spool;
+    hooks_sessions_t *sessions;
+    //  The journal: segments journal-<seq>.log in the spool directory.
+    int journal_fd;
+    uint64_t journal_seq;
+    size_t journal_bytes;
+    cJSON *pending;     //  events not yet sent
+    zlistx_t *waiting;  //  files to delete once every pending event is committed
+    zhashx_t *known;    //  spool and journal files already read (name -> "")
+    s_request_t *inflight;
+    zhashx_t *states;       //  agent_id -> "state\ttask" still to send
+    zhashx_t *sent_states;  //  agent_id -> the last state sent
+    int batch_max;
+    int64_t timeout_ms;
+    s_conn_t *conns[S_CONN_MAX];
+    uint64_t accepted, committed, rejected;
+};
+
+static void s_pump (hooks_t *self);
+
+//  --------------------------------------------------------------------------
+//  The journal
+
+static int
+s_journal_open (hooks_t *self)
+{
+    char path[PATH_MAX];
+    snprintf (path, sizeof path, "%s/journal-%020llu.log", self->spool,
+              (unsigned long long) self->journal_seq);
+    self->journal_fd = open (path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    self->journal_bytes = 0;
+    if (self->journal_fd < 0) {
+        ccm_error ("cannot open the journal %s: %s", path, strerror (errno));
+        return -1;
+    }
+    zhashx_insert (self->known, strrchr (path, '/') + 1, "");
+    return 0;
+}
+
+//  Closes the current segment (its events are all pending or in flight)
+//  and starts the next. The closed one waits for its events' commit.
+static void
+s_journal_seal (hooks_t *self)
+{
+    if (self->journal_bytes == 0)
+        return;
+    close (self->journal_fd);
+    char path[PATH_MAX];
+    snprintf (path, sizeof path, "%s/journal-%020llu.log", self->spool,
+              (unsigned long long) self->journal_seq);
+    zlistx_add_end (self->waiting, strdup (path));
+    self->journal_seq++;
+    s_journal_open (self);
+}
+
+//  --------------------------------------------------------------------------
+//  Events in
+
+static void
+s_take_record (hooks_t *self, const unsigned char *data, size_t len, const char *source)
+{
+    hooks_record_t record;
+    const char *why = NULL;
+    if (hooks_record_parse (data, len, &record, &why)) {
+        ccm_warn ("rejected a record from %s: %s", source, why);
+        self->rejected++;
+        return;
+    }
+    cJSON *event = hooks_event_new (self->sessions, &record);
+    const char *state = hooks_event_state (event);
+    const char *agent = cJSON_GetStringValue (cJSON_GetObjectItem (event, "agent_id"));
+    if (state && agent) {
+        const char *task = cJSON_GetStringValue (cJSON_GetObjectItem (event, "task_id"));
+        zhashx_update (self->states, agent, zsys_sprintf ("%s\t%s", state, task ? task : ""));
+    }
+    cJSON_AddItemToArray (self->pending, event);
+    self->accepted++;
+}
+
+//  Reads the records of one spool or journal file into pending.
+static void
+s_read_file (hooks_t *self, const char *path)
+{
+    FILE *file = fopen (path, "rb");
+    if (!file)
+        return;
+    unsigned char prefix[HOOK_PREFIX_LEN];
+    while (fread (prefix, 1, HOOK_PREFIX_LEN, file) == HOOK_PREFIX_LEN) {
+        const char *why = NULL;
+        size_t size = hooks_record_size (prefix, &why);
+        unsigned char *data = size ? malloc (size) : NULL;
+        if (!data) {
+            ccm_warn ("%s: %s; the rest of the file is skipped", path, why ? why : "no memory");
+            break;
+        }
+        memcpy (data, prefix, HOOK_PREFIX_LEN);
+        if (fread (data + HOOK_PREFIX_LEN, 1, size - HOOK_PREFIX_LEN, file)
+            != size - HOOK_PREFIX_LEN) {
+            //  A record cut by a crash mid-write was never acked: ccm-hook spooled it.
+            ccm_warn ("%s: a partial record at the end (never acked); skipped", path);
+            free (data);
+            break;
+        }
+        s_take_record (self, data, size, path);
+        free (data);
+    }
+    fclose (file);
+    zlistx_add_end (self->waiting, strdup (path));
+}
+
+//  Picks up spool files (and, at start, old journal segments) not read yet.
+static int
+s_scan_spool (zloop_t *loop, int timer_id, void *arg)
+{
+    (void) loop, (void) timer_id;
+    hooks_t *self = arg;
+    DIR *dir = opendir (self->spool);
+    if (!dir)
+        return 0;
+    zlistx_t *names = zlistx_new ();
+    zlistx_set_destructor (names, (zlistx_destructor_fn *) zstr_free);
+    zlistx_set_comparator (names, (zlistx_comparator_fn *) strcmp);
+    struct dirent *entry;
+    while ((entry = readdir (dir))) {
+        const char *name = entry->d_name;
+        size_t len = strlen (name);
+        bool spooled = len > 3 && strcmp (name + len - 3, HOOK_SPOOL_SUFFIX) == 0;
+        bool journal =
+            strncmp (name, "journal-", 8) == 0 && len > 4 && strcmp (name + len - 4, ".log") == 0;
+        if ((spooled || journal) && !zhashx_lookup (self->known, name))
+            zlistx_add_end (names, strdup (name));
+    }
+    closedir (dir);
+    zlistx_sort (names);
+    int count = 0;
+    for (char *name = zlistx_first (names); name; name = zlistx_next (names)) {
+        char path[PATH_MAX];
+        snprintf (path, sizeof path, "%s/%s", self->spool, name);
+        zhashx_insert (self->known, name, "");
+        s_read_file (self, path);
+        count++;
+    }
+    if (count)
+        ccm_info ("read %d spool/journal file(s); %zu event(s) pending", count,
+                  (size_t) cJSON_GetArraySize (self->pending));
+    zlistx_destroy (&names);
+    s_pump (self);
+    return 0;
+}
+
+//  --------------------------------------------------------------------------
+//  Connections from ccm-hook
+
+static void
+s_conn_close (s_conn_t *conn)
+{
+    hooks_t *self = conn->owner;
+    zmq_pollitem_t item = {NULL, conn->fd, ZMQ_POLLIN, 0};
+    zloop_poller_end (self->loop, &item);
+    close (conn->fd);
+    for (int i = 0; i < S_CONN_MAX; i++)
+        if (self->conns[i] == conn)
+            self->conns[i] = NULL;
+    free (conn->data);
+    free (conn);
+}
+
+static void
+s_reply (s_conn_t *conn, const char *text)
+{
+    size_t len = text ? strlen (text) : 0;
+    unsigned char buffer[4 + 1024];
+    hook_put_u32 (buffer, (uint32_t) len);
+    if (len && len <= 1024)
+        memcpy (buffer + 4, text, len);
+    else
+        hook_put_u32 (buffer, 0);
+    //  A few bytes into an empty socket buffer: this does not block.
+    if (write (conn->fd, buffer, 4 + (len <= 1024 ? len : 0)) < 0)
+        ccm_debug ("ccm-hook went away before its ack");
+}
+
+static int
+s_conn_readable (zloop_t *loop, zmq_pollitem_t *item, void *arg)
+{
+    (void) loop, (void) item;
+    s_conn_t *conn = arg;
+    hooks_t *self = conn->owner;
+    size_t want = conn->need ? conn->need : HOOK_PREFIX_LEN;
+    if (conn->cap < want) {
+        unsigned char *grown = realloc (conn->data, want);
+        if (!grown) {
+            s_conn_close (conn);
+            return 0;
+        }
+        conn->data = grown;
+        conn->cap = want;
+    }
+    ssize_t n = read (conn->fd, conn->data + conn->len, want - conn->len);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return 0;
+    if (n <= 0) {
+        if (conn->len)
+            ccm_warn ("ccm-hook closed after %zu of %zu bytes; it spools the event itself",
+                      conn->len, want);
+        s_conn_close (conn);
+        return 0;
+    }
+    conn->len += (size_t) n;
+    if (!conn->need && conn->len == HOOK_PREFIX_LEN) {
+        const char *why = NULL;
+        conn->need = hooks_record_size (conn->data, &why);
+        if (!conn->need) {
+            ccm_warn ("rejected a connection: %s", why);
+            self->rejected++;
+            s_conn_close (conn);
+            return 0;
+        }
+    }
+    if (conn->need && conn->len == conn->need) {
+        //  Journal first: the ack promises the event survives us.
+        if (write (self->journal_fd, conn->data, conn->len) != (ssize_t) conn->len) {
+            ccm_error ("journal write failed: %s; ccm-hook will spool", strerror (errno));
+            s_conn_close (conn);
+            return 0;
+        }
+        self->journal_bytes += conn->len;
+        s_take_record (self, conn->data, conn->len, "ccm-hook");
+        s_reply (conn, NULL);
+        s_conn_close (conn);
+        s_pump (self);
+    }
+    return 0;
+}
+
+static int
+s_accept (zloop_t *loop, zmq_pollitem_t *item, void *arg)
+{
+    (void) item;
+    hooks_t *self = arg;
+    for (int accepted = 0; accepted < 64; accepted++) {
+        int fd = accept4 (self->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            break;
+        int slot = -1;
+        for (int i = 0; i < S_CONN_MAX && slot < 0; i++)
+            if (!self->conns[i])
+                slot = i;
+        if (slot < 0) {
+            close (fd);  //  ccm-hook spools it
+            continue;
+        }
+        s_conn_t *conn = calloc (1, sizeof *conn);
+        conn->owner = self;
+        conn->fd = fd;
+        conn->opened_ms = ccm_mono_ms ();
+        self->conns[slot] = conn;
+        zmq_pollitem_t poll_item = {NULL, fd, ZMQ_POLLIN, 0};
+        zloop_poller (loop, &poll_item, s_conn_readable, conn);
+    }
+    return 0;
+}
+
+static int
+s_listen (hooks_t *self)
+{
+    const char *path = ccm_config_str (self->config, "hooks.socket");
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    if (strlen (path) >= sizeof addr.sun_path) {
+        ccm_error ("hooks.socket: path longer than %zu bytes: %s", sizeof addr.sun_path - 1, path);
+        return -1;
+    }
+    strcpy (addr.sun_path, path);
+    char endpoint[PATH_MAX + 8];
+    snprintf (endpoint, sizeof endpoint, "ipc://%s", path);
+    ccm_bus_prepare (endpoint);  //  the run directory, mode 0700
+    unlink (path);               //  a stale socket of a dead ingester
+    self->listen_fd = socket (AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (self->listen_fd < 0 || bind (self->listen_fd, (struct sockaddr *) &addr, sizeof addr)
+        || chmod (path, 0600) || listen (self->listen_fd, 4096)) {
+        ccm_error ("cannot listen on %s: %s", path, strerror (errno));
+        return -1;
+    }
+    return 0;
+}
+
+//  --------------------------------------------------------------------------
+//  The store
+
+static void
+s_request_destroy (s_request_t **request_p)
+{
+    if (request_p && *request_p) {
+        s_request_t *request = *request_p;
+        free (request->verb);
+        cJSON_Delete (request->body);
+        zlistx_destroy (&request->files);
+        free (request);
+        *request_p = NULL;
+    }
+}
+
+static void
+s_send (hooks_t *self, s_request_t *request)
+{
+    cJSON_DeleteItemFromObject (request->body, "idem");
+    cJSON_AddStringToObject (request->body, "idem", request->idem);
+    char *text = cJSON_PrintUnformatted (request->body);
+    zmsg_t *msg = zmsg_new ();
+    zmsg_addstr (msg, request->verb);
+    zmsg_addmem (msg, text, strlen (text));
+    free (text);
+    if (zmsg_send (&msg, self->store))
+        zmsg_destroy (&msg);
+    request->sent_ms = ccm_mono_ms ();
+}
+
+//  The next batch of pending events, with the files it makes redundant
+//  when it takes every pending event.
+static s_request_t *
+s_next_batch (hooks_t *self)
+{
+    int count = cJSON_GetArraySize (self->pending);
+    if (count == 0)
+        return NULL;
+    s_request_t *request = calloc (1, sizeof *request);
+    request->verb = strdup ("hook.add");
+    request->body = cJSON_CreateObject ();
+    cJSON_AddNumberToObject (request->body, "v", 1);
+    request->files = zlistx_new ();
+    zlistx_set_destructor (request->files, (zlistx_destructor_fn *) zstr_free);
+    ccm_uuid (request->idem);
+    if (count <= self->batch_max) {
+        cJSON_AddItemToObject (request->body, "events", self->pending);
+        self->pending = cJSON_CreateArray ();
+        s_journal_seal (self);
+        for (char *path = zlistx_detach (self->waiting, NULL); path;
+             path = zlistx_detach (self->waiting, NULL))
+            zlistx_add_end (request->files, path);
+        request->events = count;
+    }
+    else {
+        cJSON *events = cJSON_AddArrayToObject (request->body, "events");
+        for (int i = 0; i < self->batch_max; i++)
+            cJSON_AddItemToArray (events, cJSON_DetachItemFromArray (self->pending, 0));
+        request->events = self->batch_max;
+    }
+    return request;
+}
+
+//  The next agent state to record, if any.
+static s_request_t *
+s_next_state (hooks_t *self)
+{
+    const char *value = zhashx_first (self->states);
+    if (!value)
+        return NULL;
+    const char *agent = zhashx_cursor (self->states);
+    char fields[256];
+    snprintf (fields, sizeof fields, "%s", value);
+    char *rest = fields;
+    const char *state = strsep (&rest, "\t");
+    const char *task = rest ? strsep (&rest, "\t") : "";
+    s_request_t *request = NULL;
+    const char *last = zhashx_lookup (self->sent_states, agent);
+    if (!last || strcmp (last, value) != 0) {
+        request = calloc (1, sizeof *request);
+        request->verb = strdup ("agent.upsert");
+        request->body = cJSON_CreateObject ();
+        cJSON_AddNumberToObject (request->body, "v", 1);
+        cJSON_AddStringToObject (request->body, "agent_id", agent);
+        cJSON_AddStringToObject (request->body, "status", state);
+        cJSON_AddStringToObject (request->body, "state_source", "hook");
+        if (ccm_uuid_valid (task))
+            cJSON_AddStringToObject (request->body, "task_id", task);
+        ccm_uuid (request->idem);
+        zhashx_update (self->sent_states, agent, strdup (value));
+    }
+    zhashx_delete (self->states, agent);
+    return request;
+}
+
+//  Sends the next request if none is in flight.
+static void
+s_pump (hooks_t *self)
+{
+    while (!self->inflight) {
+        s_request_t *next = s_next_batch (self);
+        if (!next)
+            next = s_next_state (self);
+        if (!next && zhashx_size (self->states))
+            continue;  //  a state already sent was skipped; look at the next
+        if (!next)
+            return;
+        self->inflight = next;
+        s_send (self, next);
+    }
+}
+
+//  Drops event index from a rejected batch, logging it, so one event the
+//  store refuses cannot hold back the others.
+static void
+s_drop_rejected (hooks_t *self, s_request_t *request, cJSON *error)
+{
+    const char *field = cJSON_GetStringValue (cJSON_GetObjectItem (error, "field"));
+    const char *message = cJSON_GetStringValue (cJSON_GetObjectItem (error, "message"));
+    int index = -1;
+    cJSON *events = cJSON_GetObjectItem (request->body, "events");
+    if (field && sscanf (field, "events[%d]", &index) == 1 && index >= 0
+        && index < cJSON_GetArraySize (events)) {
+        cJSON *event = cJSON_DetachItemFromArray (events, index);
+        ccm_error ("the store refused hook event %s (%s): %s; dropped",
+                   cJSON_GetStringValue (cJSON_GetObjectItem (event, "uid")),
+                   cJSON_GetStringValue (cJSON_GetObjectItem (event, "hook_type")),
+                   message ? message : "?");
+        cJSON_Delete (event);
+        request->events--;
+        self->rejected++;
+    }
+    else {
+        ccm_error ("the store refused a batch of %d hook events: %s; dropped", request->events,
+                   message ? message : "?");
+        cJSON_DeleteItemFromObject (request->body, "events");
+        cJSON_AddArrayToObject (request->body, "events");
+        self->rejected += (uint64_t) request->events;
+        request->events = 0;
+    }
+}
+
+static int
+s_store_reply (zloop_t *loop, zsock_t *reader, void *arg)
+{
+    (void) loop;
+    hooks_t *self = arg;
+    zmsg_t *msg = zmsg_recv (reader);
+    if (!msg)
+        return 0;
+    char *status = zmsg_popstr (msg);
+    zframe_t *body_frame = zmsg_pop (msg);
+    cJSON *body = body_frame ? cJSON_ParseWithLength ((const char *) zframe_data (body_frame),
+                                                      zframe_size (body_frame))
+                             : NULL;
+    s_request_t *request = self->inflight;
+    if (request && status && strcmp (status, "ok") == 0) {
+        if (strcmp (request->verb, "hook.add") == 0) {
+            self->committed += (uint64_t) request->events;
+            for (char *path = zlistx_first (request->files); path;
+                 path = zlistx_next (request->files))
+                if (unlink (path) == 0)
+                    zhashx_delete (self->known, strrchr (path, '/') + 1);
+        }
+        s_request_destroy (&self->inflight);
+    }
+    else if (request && status) {
+        cJSON *error = cJSON_GetObjectItem (body, "error");
+        if (strcmp (request->verb, "hook.add") == 0 && request->events > 0) {
+            s_drop_rejected (self, request, error);
+            ccm_uuid (request->idem);  //  a different request now
+            if (request->events > 0)
+                s_send (self, request);
+            else {
+                //  Nothing left to write: its files are done with.
+                for (char *path = zlistx_first (request->files); path;
+                     path = zlistx_next (request->files))
+                    unlink (path);
+                s_request_destroy (&self->inflight);
+            }
+        }
+        else {
+            ccm_warn ("%s refused: %s", request->verb,
+                      cJSON_GetStringValue (cJSON_GetObjectItem (error, "message")));
+            s_request_destroy (&self->inflight);
+        }
+    }
+    free (status);
+    zframe_destroy (&body_frame);
+    cJSON_Delete (body);
+    zmsg_destroy (&msg);
+    s_pump (self);
+    return 0;
+}
+
+//  Resends a request the store has not answered (same idem: never doubled),
+//  on a fresh socket; closes connections that never sent a whole record.
+static int
+s_tick (zloop_t *loop, int timer_id, void *arg)
+{
+    (void) timer_id;
+    hooks_t *self = arg;
+    int64_t now = ccm_mono_ms ();
+    if (self->inflight && now - self->inflight->sent_ms >= self->timeout_ms) {
+        ccm_warn ("no reply from the store in %lld ms; resending %s", (long long) self->timeout_ms,
+                  self->inflight->verb);
+        zloop_reader_end (loop, self->store);
+        zsock_destroy (&self->store);
+        self->store = ccm_bus_dealer_connect (ccm_config_str (self->config, "store.endpoint"));
+        zloop_reader (loop, self->store, s_store_reply, self);
+        s_send (self, self->inflight);
+    }
+    for (int i = 0; i < S_CONN_MAX; i++)
+        if (self->conns[i] && now - self->conns[i]->opened_ms > S_RECV_TIMEOUT_MS)
+            s_conn_close (self->conns[i]);
+    return 0;
+}
+
+int
+hooks_main (ccm_config_t *config)
+{
+    hooks_t self = {.config = config, .listen_fd = -1, .journal_fd = -1};
+    self.spool = strdup (ccm_config_str (config, "hooks.spool"));
+    self.batch_max = (int) ccm_config_int (config, "hooks.batch_max");
+    if (self.batch_max < 1 || self.batch_max > 10000)
+        self.batch_max = 10000;
+    self.timeout_ms = ccm_config_int (config, "bus.timeout_ms");
+    if (mkdir (self.spool, 0700) && errno != EEXIST) {
+        ccm_error ("cannot create %s: %s", self.spool, strerror (errno));
+        free (self.spool);
+        return 1;
+    }
+    self.sessions = hooks_sessions_new ();
+    self.pending = cJSON_CreateArray ();
+    self.waiting = zlistx_new ();
+    zlistx_set_destructor (self.waiting, (zlistx_destructor_fn *) zstr_free);
+    self.known = zhashx_new ();
+    self.states = zhashx_new ();
+    zhashx_set_destructor (self.states, (zhashx_destructor_fn *) zstr_free);
+    self.sent_states = zhashx_new ();
+    zhashx_set_destructor (self.sent_states, (zhashx_destructor_fn *) zstr_free);
+    //  Segments left by an earlier run are read by the first scan; this run
+    //  appends to a segment numbered after all of them.
+    self.journal_seq = (uint64_t) ccm_wall_ms () * 1000;
+    self.store = ccm_bus_dealer_connect (ccm_config_str (config, "store.endpoint"));
+    self.loop = zloop_new ();
+    int rc = 1;
+    if (self.store && s_journal_open (&self) == 0 && s_listen (&self) == 0) {
+        zmq_pollitem_t listen_item = {NULL, self.listen_fd, ZMQ_POLLIN, 0};
+        zloop_poller (self.loop, &listen_item, s_accept, &self);
+        zloop_reader (self.loop, self.store, s_store_reply, &self);
+        zloop_timer (self.loop, S_SPOOL_SCAN_MS, 0, s_scan_spool, &self);
+        zloop_timer (self.loop, 500, 0, s_tick, &self);
+        s_scan_spool (self.loop, 0, &self);  //  drain what waited for us
+        ccm_info ("ready: listening on %s", ccm_config_str (config, "hooks.socket"));
+        zloop_start (self.loop);
+        rc = 0;
+        ccm_info ("stopping: %llu event(s) taken, %llu committed, %llu rejected; %d pending "
+                  "(kept in the journal)",
+                  (unsigned long long) self.accepted, (unsigned long long) self.committed,
+                  (unsigned long long) self.rejected, cJSON_GetArraySize (self.pending));
+    }
+    for (int i = 0; i < S_CONN_MAX; i++)
+        if (self.conns[i])
+            s_conn_close (self.conns[i]);
+    if (self.listen_fd >= 0) {
+        close (self.listen_fd);
+        unlink (ccm_config_str (config, "hooks.socket"));
+    }
+    if (self.journal_fd >= 0) {
+        close (self.journal_fd);
+        if (self.journal_bytes == 0) {
+            char path[PATH_MAX];
+            snprintf (path, sizeof path, "%s/journal-%020llu.log", self.spool,
+                      (unsigned long long) self.journal_seq);
+            unlink (path);  //  nothing in it
+        }
+    }
+    zloop_destroy (&self.loop);
+    zsock_destroy (&self.store);
+    s_request_destroy (&self.inflight);
+    cJSON_Delete (self.pending);
+    zlistx_destroy (&self.waiting);
+    zhashx_destroy (&self.known);
+    zhashx_destroy (&self.states);
+    zhashx_destroy (&self.sent_states);
+    hooks_sessions_destroy (&self.sessions);
+    free (self.spool);
+    return rc;
+}
