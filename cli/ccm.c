@@ -27,6 +27,8 @@ static const char s_help[] =
     "  logs ID [--follow]            the agent's full output\n"
     "  attach ID                     attach to the agent's tmux window\n"
     "  send ID TEXT                  type TEXT into a running interactive agent\n"
+    "  hooks install|uninstall [--project PATH [--local] | --user] [--timeout S]\n"
+    "                                put ccm-hook in Claude Code's settings (default --user)\n"
     "\n"
     "Every listing takes --json. CCM_HOME (default ~/.ccm) selects the instance.\n";
 
@@ -37,7 +39,7 @@ static const struct {
     {"up", cli_cmd_up},         {"down", cli_cmd_down},         {"status", cli_cmd_status},
     {"config", cli_cmd_config}, {"project", cli_cmd_project},   {"task", cli_cmd_task},
     {"events", cli_cmd_events}, {"worktree", cli_cmd_worktree}, {"logs", cli_cmd_logs},
-    {"attach", cli_cmd_attach}, {"send", cli_cmd_send},
+    {"attach", cli_cmd_attach}, {"send", cli_cmd_send},         {"hooks", cli_cmd_hooks},
 };
 
 int

@@ -49,5 +49,6 @@ int cli_cmd_worktree (cli_t *cli, int argc, char **argv);
 int cli_cmd_logs (cli_t *cli, int argc, char **argv);
 int cli_cmd_attach (cli_t *cli, int argc, char **argv);
 int cli_cmd_send (cli_t *cli, int argc, char **argv);
+int cli_cmd_hooks (cli_t *cli, int argc, char **argv);
 
 #endif
