@@ -16,19 +16,11 @@
 
 #define S_MAX_FILE (4 << 20)
 
-const char *const ccm_hookcfg_events[] = {"SessionStart",
-                                          "UserPromptSubmit",
-                                          "PreToolUse",
-                                          "PostToolUse",
-                                          "PostToolUseFailure",
-                                          "Notification",
-                                          "PermissionRequest",
-                                          "SubagentStart",
-                                          "SubagentStop",
-                                          "Stop",
-                                          "PreCompact",
-                                          "SessionEnd",
-                                          NULL};
+const char *const ccm_hookcfg_events[] = {
+    "SessionStart",       "UserPromptSubmit", "PreToolUse",   "PostToolUse",
+    "PostToolUseFailure", "PostToolBatch",    "Notification", "PermissionRequest",
+    "SubagentStart",      "SubagentStop",     "Stop",         "StopFailure",
+    "PreCompact",         "PostCompact",      "SessionEnd",   NULL};
 
 static int
 s_fail (char **error, const char *format, ...)

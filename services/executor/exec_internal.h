@@ -51,8 +51,9 @@ typedef struct {
     exec_agent_t **agents;
     int nagents;
     int capacity;
-    cJSON *projects;  //  project.list of the store: name -> {id, path, ...}
-    cJSON *profiles;  //  user profiles from executor.profiles_file
+    cJSON *projects;        //  project.list of the store: name -> {id, path, ...}
+    cJSON *profiles;        //  user profiles from executor.profiles_file
+    char *claude_settings;  //  Claude Code settings that run ccm-hook, or NULL
 } exec_t;
 
 //  exec_profile: built-in profiles and the user's.
@@ -65,6 +66,10 @@ int exec_profile_find (exec_t *self, const char *name, exec_profile_t *profile);
 //  Placeholders are replaced inside each element: no shell ever sees them.
 char **exec_profile_argv (const exec_profile_t *profile, const char *prompt, const char *task_id,
                           const char *worktree);
+
+//  Inserts first and second at index at of argv (which it reallocates and
+//  returns; NULL with argv freed if out of memory).
+char **exec_argv_insert (char **argv, int at, const char *first, const char *second);
 
 void exec_argv_free (char **argv);
 

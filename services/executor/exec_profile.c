@@ -110,6 +110,23 @@ exec_profile_argv (const exec_profile_t *profile, const char *prompt, const char
     return argv;
 }
 
+char **
+exec_argv_insert (char **argv, int at, const char *first, const char *second)
+{
+    int n = 0;
+    while (argv[n])
+        n++;
+    char **grown = realloc (argv, (size_t) (n + 3) * sizeof *argv);
+    if (!grown) {
+        exec_argv_free (argv);
+        return NULL;
+    }
+    memmove (grown + at + 2, grown + at, (size_t) (n - at + 1) * sizeof *grown);
+    grown[at] = strdup (first);
+    grown[at + 1] = strdup (second);
+    return grown;
+}
+
 void
 exec_argv_free (char **argv)
 {

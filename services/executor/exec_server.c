@@ -11,6 +11,7 @@
 #include "exec_internal.h"
 
 #include "ccm_bus.h"
+#include "ccm_hookcfg.h"
 #include "ccm_log.h"
 #include "ccm_msg.h"
 #include "ccm_proc.h"
@@ -256,6 +257,42 @@ s_str (cJSON *obj, const char *key)
     return cJSON_IsString (item) ? item->valuestring : NULL;
 }
 
+static bool
+s_is_claude (const char *program)
+{
+    return strcmp (strrchr (program, '/') ? strrchr (program, '/') + 1 : program, "claude") == 0;
+}
+
+//  Writes the Claude Code settings file that runs ccm-hook (next to this
+//  binary) at every hook event. Claude Code agents get it with --settings,
+//  on top of their own settings: the worktree itself stays untouched, so
+//  the task's files_changed and a clean worktree's prune are not affected.
+static void
+s_claude_settings (exec_t *self)
+{
+    char exe[PATH_MAX];
+    ssize_t len = readlink ("/proc/self/exe", exe, sizeof exe - 1);
+    if (len <= 0)
+        return;
+    exe[len] = 0;
+    char hook[PATH_MAX + 16], path[PATH_MAX];
+    snprintf (hook, sizeof hook, "%.*s/ccm-hook", (int) (strrchr (exe, '/') - exe), exe);
+    snprintf (path, sizeof path, "%s/run/claude-hooks.json", ccm_config_home (self->config));
+    if (access (hook, X_OK)) {
+        ccm_warn ("no %s: Claude Code agents will run without ccm's hooks", hook);
+        return;
+    }
+    char *command = ccm_hookcfg_command (hook, ccm_config_home (self->config));
+    char *error = NULL;
+    if (command && ccm_hookcfg_install (path, command, 10, &error) == 0)
+        self->claude_settings = strdup (path);
+    else
+        ccm_warn ("cannot write %s: %s; Claude Code agents will run without ccm's hooks", path,
+                  error ? error : "out of memory");
+    free (error);
+    free (command);
+}
+
 //  Where Claude Code keeps .claude.json for this profile.
 static void
 s_claude_dir (exec_t *self, exec_profile_t *profile, char *out, size_t len)
@@ -361,7 +398,7 @@ s_start (exec_t *self, cJSON *task)
     cJSON_AddStringToObject (body, "status", "active");
     cJSON_Delete (s_call (self, "worktree.upsert", body, true));
 
-    if (strcmp (strrchr (program, '/') ? strrchr (program, '/') + 1 : program, "claude") == 0) {
+    if (s_is_claude (program)) {
         char dir[PATH_MAX];
         s_claude_dir (self, &profile, dir, sizeof dir);
         if (exec_claude_trust (dir, agent->worktree))
@@ -369,6 +406,8 @@ s_start (exec_t *self, cJSON *task)
                       agent->short_id, dir);
     }
     char **argv = exec_profile_argv (&profile, s_str (task, "prompt"), task_id, agent->worktree);
+    if (argv && self->claude_settings && s_is_claude (program))
+        argv = exec_argv_insert (argv, 1, "--settings", self->claude_settings);
     int rc = argv ? exec_tmux_spawn (self, agent, argv, &error) : -1;
     exec_argv_free (argv);
     if (rc) {
@@ -814,6 +853,7 @@ exec_main (ccm_config_t *config)
         return 0;
     }
     ccm_info ("ready: system %s (%s), capacity %d", self.system_id, self.hostname, self.capacity);
+    s_claude_settings (&self);
     s_refresh_projects (&self);
     s_reconcile (&self);
     //  Task status events wake the loop at once: a newly queued task is
@@ -863,6 +903,7 @@ exec_main (ccm_config_t *config)
     free (self.agents);
     cJSON_Delete (self.projects);
     cJSON_Delete (self.profiles);
+    free (self.claude_settings);
     ccm_client_destroy (&self.store);
     return 0;
 }
