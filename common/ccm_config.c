@@ -52,6 +52,8 @@ static const ccm_config_key_t s_keys[] = {
     {"hooks.spool", CCM_CFG_STRING, "{home}/spool",
      "events spooled by ccm-hook, and the ingester's journal"},
     {"hooks.batch_max", CCM_CFG_INT, "5000", "most hook events in one store write"},
+    {"hooks.policies", CCM_CFG_STRING, "{home}/policies.json",
+     "safety rules for tool use (see services/hooks/hooks_policy.c)"},
     {NULL, CCM_CFG_STRING, NULL, NULL}};
 
 #define S_NKEYS (sizeof s_keys / sizeof s_keys[0] - 1)

@@ -89,6 +89,9 @@ exec_tmux_spawn (exec_t *self, exec_agent_t *agent, char **argv, char **error)
     snprintf (env_agent, sizeof env_agent, "CCM_AGENT_ID=%s", agent->agent_id);
     snprintf (env_system, sizeof env_system, "CCM_SYSTEM_ID=%s", self->system_id);
     snprintf (env_home, sizeof env_home, "CCM_HOME=%s", ccm_config_home (self->config));
+    char *env_worktree = NULL;
+    if (asprintf (&env_worktree, "CCM_WORKTREE=%s", agent->worktree) < 0)
+        env_worktree = NULL;
 
     //  tmux [new-session -d -s S | new-window -t =S:] -n SHORT -c WT -P -F ID
     //       -- env -u CLAUDECODE CCM_...=... AGENT ARGV...
@@ -117,9 +120,14 @@ exec_tmux_spawn (exec_t *self, exec_agent_t *agent, char **argv, char **error)
         args[n++] = "-t";
         args[n++] = target;
     }
-    const char *head[] = {"-n",         agent->short_id, "-c",      agent->worktree, "-P",
-                          "-F",         "#{window_id}",  "--",      "env",           "-u",
-                          "CLAUDECODE", env_task,        env_agent, env_system,      env_home};
+    const char *head[] = {"-n",           agent->short_id,
+                          "-c",           agent->worktree,
+                          "-P",           "-F",
+                          "#{window_id}", "--",
+                          "env",          "-u",
+                          "CLAUDECODE",   env_task,
+                          env_agent,      env_system,
+                          env_home,       env_worktree ? env_worktree : "CCM_WORKTREE="};
     for (size_t i = 0; i < sizeof head / sizeof head[0]; i++)
         args[n++] = head[i];
     int pairs_start = n;
@@ -167,6 +175,7 @@ exec_tmux_spawn (exec_t *self, exec_agent_t *agent, char **argv, char **error)
     for (int i = pairs_start; i < pairs_end; i++)
         free ((char *) args[i]);
     free (pipe);
+    free (env_worktree);
     ccm_proc_chomp (out);
     if (rc != 0 || !out || out[0] != '@') {
         if (asprintf (error, "tmux could not start the agent: %s",

@@ -127,6 +127,7 @@ s_build_head (hook_t *self)
     s_head_add (self, "task", getenv ("CCM_TASK_ID"));
     s_head_add (self, "agent", getenv ("CCM_AGENT_ID"));
     s_head_add (self, "system", getenv ("CCM_SYSTEM_ID"));
+    s_head_add (self, "worktree", getenv ("CCM_WORKTREE"));
     if (self->original_len > self->body_len) {
         snprintf (original, sizeof original, "%zu", self->original_len);
         s_head_add (self, "truncated", original);
@@ -269,12 +270,25 @@ s_spool (hook_t *self, unsigned char prefix[HOOK_PREFIX_LEN])
     return 0;
 }
 
-//  With --fail-closed and no ingester to decide, a tool use is denied.
+//  When policies fail closed (--fail-closed, or the ingester's last word in
+//  run/policy.mode) and no ingester can decide, a tool use is denied.
 static void
 s_deny_unreachable (hook_t *self)
 {
-    if (!self->fail_closed || !s_wants_decision (self))
+    if (!s_wants_decision (self))
         return;
+    if (!self->fail_closed) {
+        char path[S_PATH_MAX + 32], mode[16] = "";
+        snprintf (path, sizeof path, "%s/run/policy.mode", self->home);
+        int fd = open (path, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            if (read (fd, mode, sizeof mode - 1) < 0)
+                mode[0] = 0;
+            close (fd);
+        }
+        if (strncmp (mode, "closed", 6) != 0)
+            return;
+    }
     const char *decision =
         "{\"hookSpecificOutput\":{\"hookEventName\":\"PreToolUse\",\"permissionDecision\":"
         "\"deny\",\"permissionDecisionReason\":\"ccm: the policy service is unreachable and "

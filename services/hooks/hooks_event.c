@@ -72,6 +72,7 @@ hooks_record_parse (const unsigned char *data, size_t len, hooks_record_t *recor
     s_head_value (head, head_len, "task", record->task, sizeof record->task);
     s_head_value (head, head_len, "agent", record->agent, sizeof record->agent);
     s_head_value (head, head_len, "system", record->system, sizeof record->system);
+    s_head_value (head, head_len, "worktree", record->worktree, sizeof record->worktree);
     s_head_value (head, head_len, "ts", number, sizeof number);
     record->ts_ms = atoll (number);
     number[0] = 0;

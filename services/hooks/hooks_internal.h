@@ -15,6 +15,7 @@
 #include "hook_wire.h"
 
 #include <cjson/cJSON.h>
+#include <limits.h>
 #include <czmq.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -27,6 +28,7 @@ typedef struct {
     char task[64];
     char agent[64];
     char system[64];
+    char worktree[PATH_MAX];  //  the task's worktree (CCM_WORKTREE), for policies
     int64_t ts_ms;
     int64_t truncated;  //  the original size if the body was cut, else 0
     const char *body;
@@ -56,5 +58,22 @@ cJSON *hooks_event_new (hooks_sessions_t *sessions, const hooks_record_t *record
 //  The agent state an event implies, or NULL if it implies none:
 //  running, waiting, idle or exited.
 const char *hooks_event_state (cJSON *event);
+
+//  Policies (hooks_policy.c): rules from a file, decisions for tool uses.
+typedef struct hooks_policy_t hooks_policy_t;
+
+//  Loads the rules at path. NULL without *error if there is no such file;
+//  NULL with *error (caller frees) if it is not valid.
+hooks_policy_t *hooks_policy_load (const char *path, char **error);
+void hooks_policy_destroy (hooks_policy_t **self_p);
+
+//  True if policies fail closed: no decision possible means deny.
+bool hooks_policy_fail_closed (hooks_policy_t *self);
+
+//  For a PreToolUse or PermissionRequest event: the decision JSON to print
+//  for the CLI (caller frees), or NULL if no rule matched. On a match,
+//  *rule_name and *action (borrowed) and *reason (caller frees) are set.
+char *hooks_policy_decide (hooks_policy_t *self, cJSON *event, const char *worktree,
+                           const char **rule_name, const char **action, char **reason);
 
 #endif

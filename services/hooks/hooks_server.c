@@ -67,6 +67,9 @@ struct hooks_t {
     zlistx_t *waiting;  //  files to delete once every pending event is committed
     zhashx_t *known;    //  spool and journal files already read (name -> "")
     s_request_t *inflight;
+    zlistx_t *audits;  //  automation.add requests still to send (s_request_t)
+    hooks_policy_t *policy;
+    time_t policy_mtime;
     zhashx_t *states;       //  agent_id -> "state\ttask" still to send
     zhashx_t *sent_states;  //  agent_id -> the last state sent
     int batch_max;
@@ -76,6 +79,7 @@ struct hooks_t {
 };
 
 static void s_pump (hooks_t *self);
+static void s_policy_refresh (hooks_t *self);
 
 //  --------------------------------------------------------------------------
 //  The journal
@@ -115,16 +119,19 @@ s_journal_seal (hooks_t *self)
 //  --------------------------------------------------------------------------
 //  Events in
 
-static void
-s_take_record (hooks_t *self, const unsigned char *data, size_t len, const char *source)
+//  Parses a record into an event, now pending (borrowed; NULL if refused).
+static cJSON *
+s_take_record (hooks_t *self, const unsigned char *data, size_t len, const char *source,
+               hooks_record_t *record_out)
 {
-    hooks_record_t record;
+    hooks_record_t local, *record_p = record_out ? record_out : &local;
     const char *why = NULL;
-    if (hooks_record_parse (data, len, &record, &why)) {
+    if (hooks_record_parse (data, len, record_p, &why)) {
         ccm_warn ("rejected a record from %s: %s", source, why);
         self->rejected++;
-        return;
+        return NULL;
     }
+    hooks_record_t record = *record_p;
     cJSON *event = hooks_event_new (self->sessions, &record);
     const char *state = hooks_event_state (event);
     const char *agent = cJSON_GetStringValue (cJSON_GetObjectItem (event, "agent_id"));
@@ -134,6 +141,7 @@ s_take_record (hooks_t *self, const unsigned char *data, size_t len, const char 
     }
     cJSON_AddItemToArray (self->pending, event);
     self->accepted++;
+    return event;
 }
 
 //  Reads the records of one spool or journal file into pending.
@@ -160,7 +168,7 @@ s_read_file (hooks_t *self, const char *path)
             free (data);
             break;
         }
-        s_take_record (self, data, size, path);
+        s_take_record (self, data, size, path, NULL);
         free (data);
     }
     fclose (file);
@@ -173,6 +181,7 @@ s_scan_spool (zloop_t *loop, int timer_id, void *arg)
 {
     (void) loop, (void) timer_id;
     hooks_t *self = arg;
+    s_policy_refresh (self);
     DIR *dir = opendir (self->spool);
     if (!dir)
         return 0;
@@ -208,6 +217,92 @@ s_scan_spool (zloop_t *loop, int timer_id, void *arg)
 }
 
 //  --------------------------------------------------------------------------
+//  Policies
+
+//  (Re)loads the policy file when it changed; a broken file keeps the rules
+//  in force. Writes run/policy.mode for ccm-hook, which reads it only when
+//  it cannot reach us.
+static void
+s_policy_refresh (hooks_t *self)
+{
+    const char *path = ccm_config_str (self->config, "hooks.policies");
+    struct stat st;
+    time_t mtime = stat (path, &st) == 0 ? st.st_mtime : 0;
+    if (self->policy_mtime == mtime && (mtime || !self->policy))
+        return;
+    self->policy_mtime = mtime;
+    char *error = NULL;
+    hooks_policy_t *policy = hooks_policy_load (path, &error);
+    if (error) {
+        ccm_error ("policies not changed: %s", error);
+        free (error);
+        return;
+    }
+    hooks_policy_destroy (&self->policy);
+    self->policy = policy;
+    if (policy)
+        ccm_info ("policies loaded from %s (fail %s)", path,
+                  hooks_policy_fail_closed (policy) ? "closed" : "open");
+    char mode_path[PATH_MAX + 32];
+    snprintf (mode_path, sizeof mode_path, "%s/run/policy.mode", ccm_config_home (self->config));
+    FILE *file = fopen (mode_path, "w");
+    if (file) {
+        fputs (hooks_policy_fail_closed (policy) ? "closed\n" : "open\n", file);
+        fclose (file);
+    }
+}
+
+//  The policy decision for a live event (text for ccm-hook to print, or
+//  NULL); each decision goes to the audit trail.
+static char *
+s_decide (hooks_t *self, cJSON *event, const hooks_record_t *record)
+{
+    const char *rule = NULL, *action = NULL;
+    char *reason = NULL;
+    const char *worktree = record->worktree;
+    if (!*worktree)
+        worktree = cJSON_GetStringValue (
+            cJSON_GetObjectItem (cJSON_GetObjectItem (event, "event_data"), "cwd"));
+    char *decision = hooks_policy_decide (self->policy, event, worktree, &rule, &action, &reason);
+    if (rule) {
+        s_request_t *audit = calloc (1, sizeof *audit);
+        audit->verb = strdup ("automation.add");
+        audit->body = cJSON_CreateObject ();
+        cJSON_AddNumberToObject (audit->body, "v", 1);
+        char name[300];
+        snprintf (name, sizeof name, "policy:%.290s", rule);
+        cJSON_AddStringToObject (audit->body, "automation", name);
+        cJSON_AddStringToObject (audit->body, "action", action);
+        cJSON_AddStringToObject (audit->body, "outcome",
+                                 strcmp (action, "deny") == 0    ? "denied"
+                                 : strcmp (action, "allow") == 0 ? "allowed"
+                                                                 : "pending");
+        const char *task = cJSON_GetStringValue (cJSON_GetObjectItem (event, "task_id"));
+        if (task && ccm_uuid_valid (task))
+            cJSON_AddStringToObject (audit->body, "task_id", task);
+        cJSON_AddStringToObject (audit->body, "event_uid", record->uid);
+        cJSON *details = cJSON_AddObjectToObject (audit->body, "details");
+        cJSON *payload = cJSON_GetObjectItem (event, "event_data");
+        cJSON_AddStringToObject (details, "hook_type",
+                                 cJSON_GetStringValue (cJSON_GetObjectItem (event, "hook_type")));
+        const char *tool = cJSON_GetStringValue (cJSON_GetObjectItem (payload, "tool_name"));
+        if (tool)
+            cJSON_AddStringToObject (details, "tool_name", tool);
+        cJSON *input = cJSON_GetObjectItem (payload, "tool_input");
+        if (input)
+            cJSON_AddItemToObject (details, "tool_input", cJSON_Duplicate (input, true));
+        cJSON_AddStringToObject (details, "reason", reason);
+        cJSON_AddBoolToObject (details, "delivered", decision != NULL);
+        ccm_uuid (audit->idem);
+        zlistx_add_end (self->audits, audit);
+        ccm_info ("policy '%s': %s %s (%s)", rule, action, tool ? tool : "?",
+                  task ? task : "no task");
+    }
+    free (reason);
+    return decision;
+}
+
+//  --------------------------------------------------------------------------
 //  Connections from ccm-hook
 
 static void
@@ -234,8 +329,9 @@ s_reply (s_conn_t *conn, const char *text)
         memcpy (buffer + 4, text, len);
     else
         hook_put_u32 (buffer, 0);
-    //  A few bytes into an empty socket buffer: this does not block.
-    if (write (conn->fd, buffer, 4 + (len <= 1024 ? len : 0)) < 0)
+    //  A few bytes into an empty socket buffer: this does not block. A
+    //  ccm-hook that gave up waiting has hung up: no SIGPIPE for that.
+    if (send (conn->fd, buffer, 4 + (len <= 1024 ? len : 0), MSG_NOSIGNAL) < 0)
         ccm_debug ("ccm-hook went away before its ack");
 }
 
@@ -284,8 +380,11 @@ s_conn_readable (zloop_t *loop, zmq_pollitem_t *item, void *arg)
             return 0;
         }
         self->journal_bytes += conn->len;
-        s_take_record (self, conn->data, conn->len, "ccm-hook");
-        s_reply (conn, NULL);
+        hooks_record_t record;
+        cJSON *event = s_take_record (self, conn->data, conn->len, "ccm-hook", &record);
+        char *decision = event ? s_decide (self, event, &record) : NULL;
+        s_reply (conn, decision);
+        free (decision);
         s_conn_close (conn);
         s_pump (self);
     }
@@ -316,6 +415,10 @@ s_accept (zloop_t *loop, zmq_pollitem_t *item, void *arg)
         self->conns[slot] = conn;
         zmq_pollitem_t poll_item = {NULL, fd, ZMQ_POLLIN, 0};
         zloop_poller (loop, &poll_item, s_conn_readable, conn);
+        //  A hang-up is POLLERR to zloop, which would drop the poller on the
+        //  second one, with the rest of the record unread and the fd open:
+        //  the handler reads to the end instead, and closes on EOF.
+        zloop_set_tolerant (loop, &poll_item);
     }
     return 0;
 }
@@ -445,6 +548,8 @@ s_pump (hooks_t *self)
 {
     while (!self->inflight) {
         s_request_t *next = s_next_batch (self);
+        if (!next)
+            next = zlistx_detach (self->audits, NULL);
         if (!next)
             next = s_next_state (self);
         if (!next && zhashx_size (self->states))
@@ -581,6 +686,7 @@ hooks_main (ccm_config_t *config)
     self.waiting = zlistx_new ();
     zlistx_set_destructor (self.waiting, (zlistx_destructor_fn *) zstr_free);
     self.known = zhashx_new ();
+    self.audits = zlistx_new ();
     self.states = zhashx_new ();
     zhashx_set_destructor (self.states, (zhashx_destructor_fn *) zstr_free);
     self.sent_states = zhashx_new ();
@@ -628,6 +734,11 @@ hooks_main (ccm_config_t *config)
     cJSON_Delete (self.pending);
     zlistx_destroy (&self.waiting);
     zhashx_destroy (&self.known);
+    for (s_request_t *audit = zlistx_detach (self.audits, NULL); audit;
+         audit = zlistx_detach (self.audits, NULL))
+        s_request_destroy (&audit);
+    zlistx_destroy (&self.audits);
+    hooks_policy_destroy (&self.policy);
     zhashx_destroy (&self.states);
     zhashx_destroy (&self.sent_states);
     hooks_sessions_destroy (&self.sessions);

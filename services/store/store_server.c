@@ -34,6 +34,7 @@ static const struct {
     {"task.transition", true, store_task_transition},
     {"task.cancel", true, store_task_cancel},
     {"hook.add", true, store_hook_add},
+    {"automation.add", true, store_automation_add},
     {"events.since", false, store_events_since},
     {"system.register", true, store_system_register},
     {"context.upsert", true, store_context_upsert},
