@@ -54,6 +54,8 @@ static const ccm_config_key_t s_keys[] = {
     {"hooks.batch_max", CCM_CFG_INT, "5000", "most hook events in one store write"},
     {"hooks.policies", CCM_CFG_STRING, "{home}/policies.json",
      "safety rules for tool use (see services/hooks/hooks_policy.c)"},
+    {"hooks.automations", CCM_CFG_STRING, "{home}/automations.json",
+     "on an event matching X, do Y (see services/hooks/hooks_auto.c)"},
     {NULL, CCM_CFG_STRING, NULL, NULL}};
 
 #define S_NKEYS (sizeof s_keys / sizeof s_keys[0] - 1)

@@ -177,6 +177,29 @@ s_guess_type (const hooks_record_t *record, char *out, size_t size)
     }
 }
 
+//  How many bytes of text fit in max once printed as a JSON string: a body
+//  of control bytes prints six times its size, over what the store takes.
+//  Never ends inside a UTF-8 sequence.
+static size_t
+s_printable_prefix (const char *text, size_t max)
+{
+    size_t printed = 0, i = 0;
+    for (; text[i]; i++) {
+        unsigned char c = (unsigned char) text[i];
+        size_t width =
+            c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' || c == '\r' || c == '\t'
+                ? 2
+            : c < 0x20 ? 6
+                       : 1;
+        if (printed + width > max)
+            break;
+        printed += width;
+    }
+    while (i > 0 && ((unsigned char) text[i] & 0xC0) == 0x80)
+        i--;
+    return i;
+}
+
 cJSON *
 hooks_event_new (hooks_sessions_t *sessions, const hooks_record_t *record)
 {
@@ -201,11 +224,16 @@ hooks_event_new (hooks_sessions_t *sessions, const hooks_record_t *record)
         //  Kept as text, with what was wrong; nothing is dropped.
         cJSON_Delete (payload);
         payload = cJSON_CreateObject ();
-        char reason[128];
-        snprintf (reason, sizeof reason, "event %s (%lld bytes)", problem,
-                  (long long) (record->truncated ? record->truncated : (int64_t) record->body_len));
-        cJSON_AddStringToObject (payload, "ccm_error", reason);
         char *text = ccm_utf8_clean (record->body ? record->body : "", record->body_len);
+        size_t keep = text ? s_printable_prefix (text, HOOK_BODY_MAX) : 0;
+        bool cut = text && text[keep];
+        if (cut)
+            text[keep] = 0;
+        char reason[160];
+        snprintf (reason, sizeof reason, "event %s (%lld bytes)%s", problem,
+                  (long long) (record->truncated ? record->truncated : (int64_t) record->body_len),
+                  cut ? "; raw cut to 8 MiB once escaped" : "");
+        cJSON_AddStringToObject (payload, "ccm_error", reason);
         cJSON_AddStringToObject (payload, "raw", text ? text : "");
         free (text);
         s_guess_type (record, type, sizeof type);

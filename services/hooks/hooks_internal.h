@@ -76,4 +76,18 @@ bool hooks_policy_fail_closed (hooks_policy_t *self);
 char *hooks_policy_decide (hooks_policy_t *self, cJSON *event, const char *worktree,
                            const char **rule_name, const char **action, char **reason);
 
+//  Automations (hooks_auto.c): rules from a file; actions in an actor thread.
+typedef struct hooks_auto_t hooks_auto_t;
+
+//  Starts the actor, which records outcomes through store_endpoint.
+hooks_auto_t *hooks_auto_new (const char *store_endpoint);
+void hooks_auto_destroy (hooks_auto_t **self_p);
+
+//  (Re)loads the rules at path if the file changed; a broken file keeps the
+//  rules in force.
+void hooks_auto_refresh (hooks_auto_t *self, const char *path);
+
+//  Hands every action whose rule matches event to the actor.
+void hooks_auto_event (hooks_auto_t *self, cJSON *event);
+
 #endif

@@ -69,10 +69,12 @@ struct hooks_t {
     s_request_t *inflight;
     zlistx_t *audits;  //  automation.add requests still to send (s_request_t)
     hooks_policy_t *policy;
+    hooks_auto_t *autos;
     time_t policy_mtime;
     zhashx_t *states;       //  agent_id -> "state\ttask" still to send
     zhashx_t *sent_states;  //  agent_id -> the last state sent
     int batch_max;
+    size_t batch_bytes;  //  most bytes of events in one hook.add (under store.max_body)
     int64_t timeout_ms;
     s_conn_t *conns[S_CONN_MAX];
     uint64_t accepted, committed, rejected;
@@ -139,6 +141,7 @@ s_take_record (hooks_t *self, const unsigned char *data, size_t len, const char 
         const char *task = cJSON_GetStringValue (cJSON_GetObjectItem (event, "task_id"));
         zhashx_update (self->states, agent, zsys_sprintf ("%s\t%s", state, task ? task : ""));
     }
+    hooks_auto_event (self->autos, event);
     cJSON_AddItemToArray (self->pending, event);
     self->accepted++;
     return event;
@@ -182,6 +185,7 @@ s_scan_spool (zloop_t *loop, int timer_id, void *arg)
     (void) loop, (void) timer_id;
     hooks_t *self = arg;
     s_policy_refresh (self);
+    hooks_auto_refresh (self->autos, ccm_config_str (self->config, "hooks.automations"));
     DIR *dir = opendir (self->spool);
     if (!dir)
         return 0;
@@ -485,6 +489,20 @@ s_next_batch (hooks_t *self)
     int count = cJSON_GetArraySize (self->pending);
     if (count == 0)
         return NULL;
+    //  As many events as fit under the store's body limit (at least one): a
+    //  body over it is refused whole, and the batch would be lost with it.
+    int take = 0;
+    size_t bytes = 0;
+    for (cJSON *event = self->pending->child; event && take < self->batch_max;
+         event = event->next) {
+        char *text = cJSON_PrintUnformatted (event);
+        size_t size = text ? strlen (text) + 1 : 0;
+        free (text);
+        if (take > 0 && bytes + size > self->batch_bytes)
+            break;
+        bytes += size;
+        take++;
+    }
     s_request_t *request = calloc (1, sizeof *request);
     request->verb = strdup ("hook.add");
     request->body = cJSON_CreateObject ();
@@ -492,7 +510,7 @@ s_next_batch (hooks_t *self)
     request->files = zlistx_new ();
     zlistx_set_destructor (request->files, (zlistx_destructor_fn *) zstr_free);
     ccm_uuid (request->idem);
-    if (count <= self->batch_max) {
+    if (take == count) {
         cJSON_AddItemToObject (request->body, "events", self->pending);
         self->pending = cJSON_CreateArray ();
         s_journal_seal (self);
@@ -503,9 +521,9 @@ s_next_batch (hooks_t *self)
     }
     else {
         cJSON *events = cJSON_AddArrayToObject (request->body, "events");
-        for (int i = 0; i < self->batch_max; i++)
+        for (int i = 0; i < take; i++)
             cJSON_AddItemToArray (events, cJSON_DetachItemFromArray (self->pending, 0));
-        request->events = self->batch_max;
+        request->events = take;
     }
     return request;
 }
@@ -675,6 +693,9 @@ hooks_main (ccm_config_t *config)
     self.batch_max = (int) ccm_config_int (config, "hooks.batch_max");
     if (self.batch_max < 1 || self.batch_max > 10000)
         self.batch_max = 10000;
+    //  Room for the request's own fields (v, idem, the array's brackets).
+    int64_t max_body = ccm_config_int (config, "store.max_body");
+    self.batch_bytes = max_body > 65536 ? (size_t) max_body - 4096 : 61440;
     self.timeout_ms = ccm_config_int (config, "bus.timeout_ms");
     if (mkdir (self.spool, 0700) && errno != EEXIST) {
         ccm_error ("cannot create %s: %s", self.spool, strerror (errno));
@@ -687,6 +708,7 @@ hooks_main (ccm_config_t *config)
     zlistx_set_destructor (self.waiting, (zlistx_destructor_fn *) zstr_free);
     self.known = zhashx_new ();
     self.audits = zlistx_new ();
+    self.autos = hooks_auto_new (ccm_config_str (config, "store.endpoint"));
     self.states = zhashx_new ();
     zhashx_set_destructor (self.states, (zhashx_destructor_fn *) zstr_free);
     self.sent_states = zhashx_new ();
@@ -739,6 +761,7 @@ hooks_main (ccm_config_t *config)
         s_request_destroy (&audit);
     zlistx_destroy (&self.audits);
     hooks_policy_destroy (&self.policy);
+    hooks_auto_destroy (&self.autos);
     zhashx_destroy (&self.states);
     zhashx_destroy (&self.sent_states);
     hooks_sessions_destroy (&self.sessions);
