@@ -94,16 +94,29 @@ hooks_record_parse (const unsigned char *data, size_t len, hooks_record_t *recor
 
 struct hooks_sessions_t {
     zhashx_t *map;  //  session_id -> "task\tagent"
+    char *path;     //  where links persist across restarts, one "session\ttask\tagent" line each
 };
 
 hooks_sessions_t *
-hooks_sessions_new (void)
+hooks_sessions_new (const char *path)
 {
     hooks_sessions_t *self = calloc (1, sizeof *self);
-    if (self) {
-        self->map = zhashx_new ();
-        zhashx_set_destructor (self->map, (zhashx_destructor_fn *) zstr_free);
+    if (!self)
+        return NULL;
+    self->map = zhashx_new ();
+    zhashx_set_destructor (self->map, (zhashx_destructor_fn *) zstr_free);
+    self->path = path ? strdup (path) : NULL;
+    FILE *file = self->path ? fopen (self->path, "r") : NULL;
+    char line[512];
+    while (file && fgets (line, sizeof line, file)) {
+        char *rest = line, *session = strsep (&rest, "\t");
+        if (rest && *session) {
+            rest[strcspn (rest, "\n")] = 0;
+            zhashx_update (self->map, session, strdup (rest));
+        }
     }
+    if (file)
+        fclose (file);
     return self;
 }
 
@@ -112,6 +125,7 @@ hooks_sessions_destroy (hooks_sessions_t **self_p)
 {
     if (self_p && *self_p) {
         zhashx_destroy (&(*self_p)->map);
+        free ((*self_p)->path);
         free (*self_p);
         *self_p = NULL;
     }
@@ -124,9 +138,24 @@ s_link (hooks_sessions_t *self, const char *session, char *task, char *agent, si
     if (!session || !*session)
         return;
     if (task[0]) {
-        if (zhashx_size (self->map) >= S_SESSIONS_MAX)
+        char *link = zsys_sprintf ("%s\t%s", task, agent);
+        const char *known = zhashx_lookup (self->map, session);
+        if (known && strcmp (known, link) == 0) {
+            zstr_free (&link);
+            return;
+        }
+        bool full = zhashx_size (self->map) >= S_SESSIONS_MAX;
+        if (full)
             zhashx_purge (self->map);  //  a bound, not a cache policy: sessions are few
-        zhashx_update (self->map, session, zsys_sprintf ("%s\t%s", task, agent));
+        //  A new link is remembered on disk too, for events after a restart.
+        FILE *file = self->path && !strchr (session, '\n') && !strchr (link, '\n')
+                         ? fopen (self->path, full ? "w" : "a")
+                         : NULL;
+        if (file) {
+            fprintf (file, "%s\t%s\n", session, link);
+            fclose (file);
+        }
+        zhashx_update (self->map, session, link);
         return;
     }
     const char *known = zhashx_lookup (self->map, session);
@@ -200,6 +229,30 @@ s_printable_prefix (const char *text, size_t max)
     return i;
 }
 
+//  A copy of the JSON text body with every \u0000 escape inside a string
+//  made \ufffd (the same length), so that no string is cut short. An
+//  escaped backslash followed by "u0000" is text, and is left alone.
+static char *
+s_without_nul_escapes (const char *body, size_t len)
+{
+    char *copy = malloc (len + 1);
+    if (!copy)
+        return NULL;
+    memcpy (copy, body, len);
+    copy[len] = 0;
+    bool in_string = false;
+    for (size_t i = 0; i < len; i++) {
+        if (copy[i] == '"')
+            in_string = !in_string;
+        else if (in_string && copy[i] == '\\' && i + 1 < len) {
+            if (i + 5 < len && memcmp (copy + i + 1, "u0000", 5) == 0)
+                memcpy (copy + i + 1, "ufffd", 5);
+            i++;  //  the escaped character
+        }
+    }
+    return copy;
+}
+
 cJSON *
 hooks_event_new (hooks_sessions_t *sessions, const hooks_record_t *record)
 {
@@ -211,7 +264,10 @@ hooks_event_new (hooks_sessions_t *sessions, const hooks_record_t *record)
     else if (record->body_len == 0)
         problem = "empty";
     else {
-        payload = cJSON_ParseWithLength (record->body, record->body_len);
+        //  cJSON's strings end at a NUL: "\u0000" would cut them short.
+        char *body = s_without_nul_escapes (record->body, record->body_len);
+        payload = body ? cJSON_ParseWithLength (body, record->body_len) : NULL;
+        free (body);
         if (!payload)
             problem = "not valid JSON";
         else if (!cJSON_IsObject (payload))
@@ -225,14 +281,15 @@ hooks_event_new (hooks_sessions_t *sessions, const hooks_record_t *record)
         cJSON_Delete (payload);
         payload = cJSON_CreateObject ();
         char *text = ccm_utf8_clean (record->body ? record->body : "", record->body_len);
-        size_t keep = text ? s_printable_prefix (text, HOOK_BODY_MAX) : 0;
+        //  12 MiB escaped keeps a cut 8 MiB of text whole, and fits in a store request.
+        size_t keep = text ? s_printable_prefix (text, HOOK_BODY_MAX / 2 * 3) : 0;
         bool cut = text && text[keep];
         if (cut)
             text[keep] = 0;
         char reason[160];
         snprintf (reason, sizeof reason, "event %s (%lld bytes)%s", problem,
                   (long long) (record->truncated ? record->truncated : (int64_t) record->body_len),
-                  cut ? "; raw cut to 8 MiB once escaped" : "");
+                  cut ? "; raw cut to 12 MiB once escaped" : "");
         cJSON_AddStringToObject (payload, "ccm_error", reason);
         cJSON_AddStringToObject (payload, "raw", text ? text : "");
         free (text);
@@ -284,7 +341,9 @@ hooks_event_new (hooks_sessions_t *sessions, const hooks_record_t *record)
         file = s_str (input, "path");
     s_add_capped (event, "file_path", file, S_PATH_MAX);
     const char *hook_type = s_str (event, "hook_type");
-    if (strcmp (hook_type, "PostToolUse") == 0)
+    if (problem)
+        ;  //  a cut or broken event's outcome is unknown
+    else if (strcmp (hook_type, "PostToolUse") == 0)
         cJSON_AddBoolToObject (event, "success", true);
     else if (strcmp (hook_type, "PostToolUseFailure") == 0)
         cJSON_AddBoolToObject (event, "success", false);

@@ -48,7 +48,8 @@ size_t hooks_record_size (const unsigned char *data, const char **why);
 //  Claude Code session belongs to (for events whose environment lacks them).
 typedef struct hooks_sessions_t hooks_sessions_t;
 
-hooks_sessions_t *hooks_sessions_new (void);
+//  Links persist in the file at path (NULL: in memory only).
+hooks_sessions_t *hooks_sessions_new (const char *path);
 void hooks_sessions_destroy (hooks_sessions_t **self_p);
 
 //  Turns a record into a hook.add event object (caller owns): every event

@@ -702,7 +702,9 @@ hooks_main (ccm_config_t *config)
         free (self.spool);
         return 1;
     }
-    self.sessions = hooks_sessions_new ();
+    char sessions_path[PATH_MAX];
+    snprintf (sessions_path, sizeof sessions_path, "%s/sessions.tsv", self.spool);
+    self.sessions = hooks_sessions_new (sessions_path);
     self.pending = cJSON_CreateArray ();
     self.waiting = zlistx_new ();
     zlistx_set_destructor (self.waiting, (zlistx_destructor_fn *) zstr_free);
