@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh --test
+# The real Claude Code CLI (npm), which the end-to-end tests drive offline;
+# with it installed, its tests must run, not skip.
+bash scripts/install-claude.sh
+export CCM_REQUIRE_CLAUDE=1
 # Debian's python3 has python3-zmq; a pyenv shim on PATH would not.
 export CCM_PYTHON=/usr/bin/python3
 ctest --test-dir build --output-on-failure -j2 --timeout 600

@@ -23,6 +23,7 @@ typedef struct {
     cJSON *argv;  //  array of strings, with {prompt} {task_id} {worktree}
     cJSON *env;   //  object of strings
     bool headless;
+    bool exit_on_idle;  //  "on_idle": "exit"
 } exec_profile_t;
 
 //  One agent the executor watches.
@@ -41,6 +42,8 @@ typedef struct {
     int64_t deadline_ms;     //  0: no timeout
     int64_t term_sent_ms;    //  when SIGTERM went to the agent, 0 if not yet
     const char *end_reason;  //  "timeout" or "cancelled" once a kill is under way
+    bool exit_on_idle;       //  its profile's "on_idle": "exit"
+    bool exit_sent;          //  /exit typed once its turn was over
 } exec_agent_t;
 
 typedef struct {

@@ -1,8 +1,11 @@
 /*  exec_profile: agent profiles. A profile is {"argv": [...], "env": {...},
-    "mode": "interactive"|"headless"}; {prompt}, {task_id} and {worktree}
-    are replaced inside argv elements, so a prompt is always exactly one
-    argv element and never meets a shell (except under the `shell` profile,
-    whose whole point is to run the prompt with sh -c).                    */
+    "mode": "interactive"|"headless", "on_idle": "exit"|"stay"}; {prompt},
+    {task_id} and {worktree} are replaced inside argv elements, so a prompt
+    is always exactly one argv element and never meets a shell (except
+    under the `shell` profile, whose whole point is to run the prompt with
+    sh -c). "on_idle": "exit" ends an interactive agent (by typing /exit)
+    once its hooks report its turn over (Stop), so its exit status decides
+    the task; without hooks it stays until someone ends it.                */
 
 #include "exec_internal.h"
 
@@ -20,7 +23,7 @@
 static const char s_builtins[] =
     "{"
     "\"claude\": {\"argv\": [\"claude\", \"--dangerously-skip-permissions\", \"{prompt}\"],"
-    "  \"mode\": \"interactive\"},"
+    "  \"mode\": \"interactive\", \"on_idle\": \"exit\"},"
     "\"claude-headless\": {\"argv\": [\"claude\", \"-p\", \"{prompt}\","
     "  \"--dangerously-skip-permissions\", \"--output-format\", \"stream-json\", \"--verbose\"],"
     "  \"mode\": \"headless\"},"
@@ -47,6 +50,8 @@ s_from_json (const char *name, cJSON *json, exec_profile_t *profile)
     profile->argv = argv;
     profile->env = cJSON_IsObject (env) ? env : NULL;
     profile->headless = cJSON_IsString (mode) && strcmp (mode->valuestring, "headless") == 0;
+    cJSON *on_idle = cJSON_GetObjectItemCaseSensitive (json, "on_idle");
+    profile->exit_on_idle = cJSON_IsString (on_idle) && strcmp (on_idle->valuestring, "exit") == 0;
     return 0;
 }
 

@@ -374,6 +374,7 @@ s_start (exec_t *self, cJSON *task)
     agent->project_id = s_str (project, "id") ? strdup (s_str (project, "id")) : NULL;
     agent->profile = strdup (profile_name);
     agent->headless = profile.headless;
+    agent->exit_on_idle = profile.exit_on_idle && !profile.headless;
     if (asprintf (&agent->log_path, "%s/%s.log", ccm_config_str (self->config, "executor.logs"),
                   task_id)
         < 0)
@@ -580,6 +581,31 @@ s_watch (exec_t *self)
     free (panes);
 }
 
+//  An agent's state changed (agents.updated): if hooks say the turn of an
+//  interactive agent whose profile exits on idle is over, type /exit, so
+//  the agent ends and its exit status decides the task. (Typed only after
+//  Stop: /exit during a turn would kill the tool that runs.)
+static void
+s_agent_changed (exec_t *self, const char *json, size_t size)
+{
+    cJSON *event = cJSON_ParseWithLength (json, size);  //  {"v","seq","topic",...,"data"}
+    cJSON *data = cJSON_GetObjectItemCaseSensitive (event, "data");
+    const char *id = s_str (data, "id");
+    const char *status = s_str (data, "status");
+    const char *source = s_str (data, "state_source");
+    for (int i = 0; id && status && source && i < self->nagents; i++) {
+        exec_agent_t *agent = self->agents[i];
+        if (strcmp (agent->agent_id, id) != 0 || !agent->exit_on_idle || agent->exit_sent
+            || agent->end_reason || strcmp (status, "idle") || strcmp (source, "hook"))
+            continue;
+        ccm_info ("task %s: the agent's turn is over (Stop); ending it", agent->short_id);
+        if (exec_tmux (self, NULL, "send-keys", "-t", agent->window, "-l", "/exit", NULL) == 0)
+            exec_tmux (self, NULL, "send-keys", "-t", agent->window, "Enter", NULL);
+        agent->exit_sent = true;
+    }
+    cJSON_Delete (event);
+}
+
 //  Notices tasks cancelled by the user while their agent runs.
 static void
 s_check_cancelled (exec_t *self)
@@ -632,7 +658,9 @@ s_adopt (exec_t *self, cJSON *task, const s_pane_t *pane)
     agent->profile =
         strdup (profile ? profile : ccm_config_str (self->config, "executor.default_profile"));
     exec_profile_t found;
-    agent->headless = exec_profile_find (self, agent->profile, &found) == 0 && found.headless;
+    bool known = exec_profile_find (self, agent->profile, &found) == 0;
+    agent->headless = known && found.headless;
+    agent->exit_on_idle = known && found.exit_on_idle && !found.headless;
     if (asprintf (&agent->log_path, "%s/%s.log", ccm_config_str (self->config, "executor.logs"), id)
         < 0)
         agent->log_path = NULL;
@@ -860,8 +888,10 @@ exec_main (ccm_config_t *config)
     //  claimed without waiting for the next tick. The tick still runs, so a
     //  dropped PUB only delays, never loses, a claim or a cancellation.
     zsock_t *events = ccm_bus_sub_connect (ccm_config_str (config, "store.pub_endpoint"), "task.");
-    if (events)
+    if (events) {
         zsock_set_subscribe (events, "project.");
+        zsock_set_subscribe (events, "agents.updated");
+    }
     int64_t poll_ms = ccm_config_int (config, "executor.poll_ms");
     int64_t next_refresh = ccm_mono_ms () + 2000, next_check = 0;
     while (!zsys_interrupted) {
@@ -873,9 +903,14 @@ exec_main (ccm_config_t *config)
                 while (zsock_events (events) & ZMQ_POLLIN) {
                     zmsg_t *msg = zmsg_recv (events);
                     zframe_t *topic = msg ? zmsg_first (msg) : NULL;
+                    zframe_t *seq = topic ? zmsg_next (msg) : NULL;  //  [topic][seq][json]
+                    zframe_t *body = seq ? zmsg_next (msg) : NULL;
                     if (topic && zframe_size (topic) > 8
                         && memcmp (zframe_data (topic), "project.", 8) == 0)
                         projects_changed = true;
+                    else if (topic && body && zframe_streq (topic, "agents.updated"))
+                        s_agent_changed (&self, (const char *) zframe_data (body),
+                                         zframe_size (body));
                     zmsg_destroy (&msg);
                 }
                 woken = true;
