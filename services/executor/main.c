@@ -1,41 +1,20 @@
 /*  ccm-executor: runs each task's agent in tmux, in its own git worktree.  */
 
-#include "ccm_config.h"
-#include "ccm_log.h"
 #include "ccm_notify.h"
-
-#include <czmq.h>
-#include <stdio.h>
-#include <string.h>
-#include <sys/stat.h>
+#include "ccm_service.h"
 
 int exec_main (ccm_config_t *config);
 
 int
 main (int argc, char **argv)
 {
-    const char *home = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp (argv[i], "--home") == 0 && i + 1 < argc)
-            home = argv[++i];
-        else {
-            fprintf (stderr, "usage: ccm-executor [--home DIR]\n");
-            return 2;
-        }
-    }
-    umask (077);
-    zsys_init ();
-    zsys_catch_interrupts ();
-    char *error = NULL;
-    ccm_config_t *config = ccm_config_load (home, &error);
-    if (!config) {
-        fprintf (stderr, "ccm-executor: %s\n", error ? error : "cannot load config");
-        free (error);
-        return 1;
-    }
-    ccm_log_init ("ccm-executor", ccm_log_level_parse (ccm_config_str (config, "log_level")));
+    int rc;
+    ccm_config_t *config = ccm_service_start (
+        "ccm-executor", "Runs each task's agent in tmux, in its own git worktree", argc, argv, &rc);
+    if (!config)
+        return rc;
     ccm_notify ("READY=1");
-    int rc = exec_main (config);
+    rc = exec_main (config);
     ccm_config_destroy (&config);
     return rc;
 }
