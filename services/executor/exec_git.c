@@ -194,6 +194,18 @@ s_add_name (cJSON *files, const char *name)
     cJSON_AddItemToArray (files, cJSON_CreateString (name));
 }
 
+char *
+exec_git_branch (const char *repo)
+{
+    char *out = NULL;
+    if (s_git_stdout (repo, &out, (char *[]){"symbolic-ref", "--short", "-q", "HEAD", NULL}) != 0
+        || !out || !*ccm_proc_chomp (out)) {
+        free (out);
+        return NULL;
+    }
+    return out;
+}
+
 cJSON *
 exec_git_changed (const char *worktree, const char *base)
 {

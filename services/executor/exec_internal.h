@@ -11,6 +11,8 @@
 #include "ccm_config.h"
 #include "ccm_id.h"
 
+#include <czmq.h>
+
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -54,9 +56,11 @@ typedef struct {
     exec_agent_t **agents;
     int nagents;
     int capacity;
-    cJSON *projects;        //  project.list of the store: name -> {id, path, ...}
-    cJSON *profiles;        //  user profiles from executor.profiles_file
-    char *claude_settings;  //  Claude Code settings that run ccm-hook, or NULL
+    cJSON *projects;               //  project.list of the store: name -> {id, path, ...}
+    zhashx_t *contexts;            //  project name -> "status\tbranch" last recorded
+    int64_t contexts_verified_ms;  //  when every context was last recorded
+    cJSON *profiles;               //  user profiles from executor.profiles_file
+    char *claude_settings;         //  Claude Code settings that run ccm-hook, or NULL
 } exec_t;
 
 //  exec_profile: built-in profiles and the user's.
@@ -89,6 +93,9 @@ int exec_claude_trust (const char *config_dir, const char *worktree);
 //  frees). Returns 0, or -1 with *error set (caller frees).
 int exec_git_worktree (exec_t *self, const char *project, const char *repo, const char *short_id,
                        char **path, char **base, char **error);
+
+//  The branch checked out in repo (caller frees), or NULL (detached, or not a repo).
+char *exec_git_branch (const char *repo);
 
 //  Returns the files changed in worktree against base, committed or not, as
 //  a JSON array (caller owns).

@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #define S_TAIL_BYTES 4096
+#define S_VERIFY_MS  (10 * 60 * 1000)  //  contexts are re-verified this often
 
 //  Calls the store; returns the reply (caller owns) or NULL, logging why.
 static cJSON *
@@ -436,23 +437,50 @@ s_refresh_projects (exec_t *self)
     cJSON_Delete (self->projects);
     self->projects = cJSON_DetachItemFromObject (reply, "projects");
     cJSON_Delete (reply);
+    //  A context is recorded when it changes, and every S_VERIFY_MS anyway
+    //  (its last_verified), not at every refresh: each write is an event.
+    int64_t now = ccm_mono_ms ();
+    bool verify = now - self->contexts_verified_ms >= S_VERIFY_MS;
+    if (verify)
+        self->contexts_verified_ms = now;
     cJSON *project;
     cJSON_ArrayForEach (project, self->projects)
     {
         const char *path = s_str (project, "path");
+        const char *name = s_str (project, "name");
         struct stat st;
-        if (!path || stat (path, &st))
+        if (!path || !name || stat (path, &st))
             continue;  //  not on this machine
+        char marker[PATH_MAX + 8];
+        snprintf (marker, sizeof marker, "%s/.git", path);
+        const char *status = stat (marker, &st) == 0 ? "active" : "error";
+        char *branch = exec_git_branch (path);
+        char *seen = zsys_sprintf ("%s\t%s\t%s", status, branch ? branch : "", path);
+        const char *last = zhashx_lookup (self->contexts, name);
+        if (!verify && last && strcmp (last, seen) == 0) {
+            zstr_free (&seen);
+            free (branch);
+            continue;
+        }
         cJSON *body = cJSON_CreateObject ();
         cJSON_AddStringToObject (body, "system_id", self->system_id);
-        cJSON_AddStringToObject (body, "project_name", s_str (project, "name"));
+        cJSON_AddStringToObject (body, "project_name", name);
         cJSON_AddStringToObject (body, "project_path", path);
         if (s_str (project, "repo_url"))
             cJSON_AddStringToObject (body, "repo_url", s_str (project, "repo_url"));
-        char marker[PATH_MAX + 8];
-        snprintf (marker, sizeof marker, "%s/.git", path);
-        cJSON_AddStringToObject (body, "status", stat (marker, &st) == 0 ? "active" : "error");
-        cJSON_Delete (s_call (self, "context.upsert", body, true));
+        if (branch)
+            cJSON_AddStringToObject (body, "repo_branch", branch);
+        cJSON_AddStringToObject (body, "status", status);
+        char when[25];
+        ccm_now_iso (when);
+        cJSON_AddStringToObject (body, "last_verified", when);
+        cJSON *reply = s_call (self, "context.upsert", body, true);
+        if (reply)
+            zhashx_update (self->contexts, name, seen);
+        else
+            zstr_free (&seen);
+        cJSON_Delete (reply);
+        free (branch);
     }
 }
 
@@ -854,6 +882,8 @@ int
 exec_main (ccm_config_t *config)
 {
     exec_t self = {.config = config};
+    self.contexts = zhashx_new ();
+    zhashx_set_destructor (self.contexts, (zhashx_destructor_fn *) zstr_free);
     self.capacity = (int) ccm_config_int (config, "executor.capacity");
     char *error = NULL;
     self.profiles = s_load_profiles (ccm_config_str (config, "executor.profiles_file"), &error);
@@ -939,6 +969,7 @@ exec_main (ccm_config_t *config)
     cJSON_Delete (self.projects);
     cJSON_Delete (self.profiles);
     free (self.claude_settings);
+    zhashx_destroy (&self.contexts);
     ccm_client_destroy (&self.store);
     return 0;
 }

@@ -729,6 +729,36 @@ class TestRestart(ExecutorTestCase):
                         f"took {took:.1f} s")
 
 
+class TestRegistration(ExecutorTestCase):
+    """The executor records this machine and the projects it holds."""
+
+    def test_system_and_contexts(self):
+        repo = self.make_repo()
+        self.add_project(self.PROJECT, repo)
+        self.home.ok("project.add", name="elsewhere", path="/nonexistent/ccm-project")
+        self.start_executor(extra_env={"CCM_EXECUTOR_TAGS": "gpu,fast"})
+        system = self.home.query("SELECT id, hostname, tags FROM systems WHERE machine_id = ?",
+                                 self.machine_id)
+        self.assertEqual(len(system), 1)
+        self.assertEqual(json.loads(system[0][2]), ["gpu", "fast"])
+        rows = wait_for("the project's context", lambda: self.home.query(
+            "SELECT project_name, project_path, repo_branch, status, last_verified"
+            " FROM contexts WHERE system_id = ?", system[0][0]))
+        self.assertEqual(len(rows), 1, "a context for a project not on this machine")
+        name, path, branch, status, verified = rows[0]
+        self.assertEqual((name, path, branch, status), (self.PROJECT, repo, "main", "active"))
+        self.assertRegex(verified, ccmtest.TIME_RE)
+        # Recorded once, not at every refresh: the event log does not fill up.
+        time.sleep(2.5)
+        updates = self.home.query("SELECT count(*) FROM events WHERE topic LIKE 'contexts.%'")
+        self.assertLessEqual(updates[0][0], 2)
+        # A change of branch is recorded.
+        git(repo, "checkout", "-q", "-b", "feature")
+        wait_for("the new branch in the context", lambda: self.home.query(
+            "SELECT 1 FROM contexts WHERE project_name = ? AND repo_branch = 'feature'",
+            self.PROJECT), timeout=10)
+
+
 class TestBadInput(ExecutorTestCase):
     """Each bad input gets a clear error on its task; the executor stays up."""
 
