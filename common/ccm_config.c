@@ -28,6 +28,8 @@ static const ccm_config_key_t s_keys[] = {
     {"store.db_path", CCM_CFG_STRING, "{home}/ccm.db", "the SQLite database"},
     {"store.synchronous", CCM_CFG_STRING, "full", "SQLite synchronous: full or normal"},
     {"store.batch_max", CCM_CFG_INT, "1024", "most requests in one group commit"},
+    {"store.batch_rows", CCM_CFG_INT, "4000",
+     "hook rows after which a group commit takes no more requests"},
     {"store.max_body", CCM_CFG_INT, "16777216", "largest request body in bytes"},
     {"store.max_attempts", CCM_CFG_INT, "3", "attempts before a task fails for good"},
     {"bus.timeout_ms", CCM_CFG_INT, "3000", "request timeout before a retry"},

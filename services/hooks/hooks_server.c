@@ -40,6 +40,8 @@ typedef struct {
     unsigned char *data;
     size_t len, cap, need;
     int64_t opened_ms;
+    int slot;     //  its index in conns
+    bool polled;  //  registered with the loop: it sent its record in parts
 } s_conn_t;
 
 //  A request to the store, in flight or queued.
@@ -47,9 +49,9 @@ typedef struct {
     char *verb;
     cJSON *body;  //  without idem; the same key is reused on a resend
     char idem[CCM_UUID_LEN + 1];
-    zlistx_t *files;  //  paths to delete once it is acked (char *)
+    zlistx_t *files;   //  paths to delete once it is acked (char *)
+    zlistx_t *events;  //  hook.add: the events, as JSON text (char *)
     int64_t sent_ms;
-    int events;  //  hook events in it
 } s_request_t;
 
 struct hooks_t {
@@ -63,7 +65,7 @@ struct hooks_t {
     int journal_fd;
     uint64_t journal_seq;
     size_t journal_bytes;
-    cJSON *pending;     //  events not yet sent
+    zlistx_t *pending;  //  events not yet sent, as JSON text (char *)
     zlistx_t *waiting;  //  files to delete once every pending event is committed
     zhashx_t *known;    //  spool and journal files already read (name -> "")
     s_request_t *inflight;
@@ -121,7 +123,8 @@ s_journal_seal (hooks_t *self)
 //  --------------------------------------------------------------------------
 //  Events in
 
-//  Parses a record into an event, now pending (borrowed; NULL if refused).
+//  Parses a record into an event, now pending. Returns the event, for the
+//  caller to destroy, or NULL if the record was refused.
 static cJSON *
 s_take_record (hooks_t *self, const unsigned char *data, size_t len, const char *source,
                hooks_record_t *record_out)
@@ -142,7 +145,14 @@ s_take_record (hooks_t *self, const unsigned char *data, size_t len, const char 
         zhashx_update (self->states, agent, zsys_sprintf ("%s\t%s", state, task ? task : ""));
     }
     hooks_auto_event (self->autos, event);
-    cJSON_AddItemToArray (self->pending, event);
+    //  Printed once, here: batches are built from the text.
+    char *text = cJSON_PrintUnformatted (event);
+    if (!text) {
+        ccm_error ("out of memory; an event from %s is left in its file", source);
+        cJSON_Delete (event);
+        return NULL;
+    }
+    zlistx_add_end (self->pending, text);
     self->accepted++;
     return event;
 }
@@ -171,7 +181,8 @@ s_read_file (hooks_t *self, const char *path)
             free (data);
             break;
         }
-        s_take_record (self, data, size, path, NULL);
+        cJSON *event = s_take_record (self, data, size, path, NULL);
+        cJSON_Delete (event);
         free (data);
     }
     fclose (file);
@@ -214,7 +225,7 @@ s_scan_spool (zloop_t *loop, int timer_id, void *arg)
     }
     if (count)
         ccm_info ("read %d spool/journal file(s); %zu event(s) pending", count,
-                  (size_t) cJSON_GetArraySize (self->pending));
+                  zlistx_size (self->pending));
     zlistx_destroy (&names);
     s_pump (self);
     return 0;
@@ -313,12 +324,12 @@ static void
 s_conn_close (s_conn_t *conn)
 {
     hooks_t *self = conn->owner;
-    zmq_pollitem_t item = {NULL, conn->fd, ZMQ_POLLIN, 0};
-    zloop_poller_end (self->loop, &item);
+    if (conn->polled) {
+        zmq_pollitem_t item = {NULL, conn->fd, ZMQ_POLLIN, 0};
+        zloop_poller_end (self->loop, &item);
+    }
     close (conn->fd);
-    for (int i = 0; i < S_CONN_MAX; i++)
-        if (self->conns[i] == conn)
-            self->conns[i] = NULL;
+    self->conns[conn->slot] = NULL;
     free (conn->data);
     free (conn);
 }
@@ -339,59 +350,68 @@ s_reply (s_conn_t *conn, const char *text)
         ccm_debug ("ccm-hook went away before its ack");
 }
 
+//  Reads what the connection has, up to its whole record, then journals,
+//  acks and closes it. Returns true while the record is still incomplete.
+static bool
+s_conn_step (s_conn_t *conn)
+{
+    hooks_t *self = conn->owner;
+    while (!conn->need || conn->len < conn->need) {
+        size_t want = conn->need ? conn->need : HOOK_PREFIX_LEN;
+        if (conn->cap < want) {
+            unsigned char *grown = realloc (conn->data, want);
+            if (!grown) {
+                s_conn_close (conn);
+                return false;
+            }
+            conn->data = grown;
+            conn->cap = want;
+        }
+        ssize_t n = read (conn->fd, conn->data + conn->len, want - conn->len);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return true;
+        if (n <= 0) {
+            if (conn->len)
+                ccm_warn ("ccm-hook closed after %zu of %zu bytes; it spools the event itself",
+                          conn->len, want);
+            s_conn_close (conn);
+            return false;
+        }
+        conn->len += (size_t) n;
+        if (!conn->need && conn->len == HOOK_PREFIX_LEN) {
+            const char *why = NULL;
+            conn->need = hooks_record_size (conn->data, &why);
+            if (!conn->need) {
+                ccm_warn ("rejected a connection: %s", why);
+                self->rejected++;
+                s_conn_close (conn);
+                return false;
+            }
+        }
+    }
+    //  Journal first: the ack promises the event survives us.
+    if (write (self->journal_fd, conn->data, conn->len) != (ssize_t) conn->len) {
+        ccm_error ("journal write failed: %s; ccm-hook will spool", strerror (errno));
+        s_conn_close (conn);
+        return false;
+    }
+    self->journal_bytes += conn->len;
+    hooks_record_t record;
+    cJSON *event = s_take_record (self, conn->data, conn->len, "ccm-hook", &record);
+    char *decision = event ? s_decide (self, event, &record) : NULL;
+    cJSON_Delete (event);
+    s_reply (conn, decision);
+    free (decision);
+    s_conn_close (conn);
+    s_pump (self);
+    return false;
+}
+
 static int
 s_conn_readable (zloop_t *loop, zmq_pollitem_t *item, void *arg)
 {
     (void) loop, (void) item;
-    s_conn_t *conn = arg;
-    hooks_t *self = conn->owner;
-    size_t want = conn->need ? conn->need : HOOK_PREFIX_LEN;
-    if (conn->cap < want) {
-        unsigned char *grown = realloc (conn->data, want);
-        if (!grown) {
-            s_conn_close (conn);
-            return 0;
-        }
-        conn->data = grown;
-        conn->cap = want;
-    }
-    ssize_t n = read (conn->fd, conn->data + conn->len, want - conn->len);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
-        return 0;
-    if (n <= 0) {
-        if (conn->len)
-            ccm_warn ("ccm-hook closed after %zu of %zu bytes; it spools the event itself",
-                      conn->len, want);
-        s_conn_close (conn);
-        return 0;
-    }
-    conn->len += (size_t) n;
-    if (!conn->need && conn->len == HOOK_PREFIX_LEN) {
-        const char *why = NULL;
-        conn->need = hooks_record_size (conn->data, &why);
-        if (!conn->need) {
-            ccm_warn ("rejected a connection: %s", why);
-            self->rejected++;
-            s_conn_close (conn);
-            return 0;
-        }
-    }
-    if (conn->need && conn->len == conn->need) {
-        //  Journal first: the ack promises the event survives us.
-        if (write (self->journal_fd, conn->data, conn->len) != (ssize_t) conn->len) {
-            ccm_error ("journal write failed: %s; ccm-hook will spool", strerror (errno));
-            s_conn_close (conn);
-            return 0;
-        }
-        self->journal_bytes += conn->len;
-        hooks_record_t record;
-        cJSON *event = s_take_record (self, conn->data, conn->len, "ccm-hook", &record);
-        char *decision = event ? s_decide (self, event, &record) : NULL;
-        s_reply (conn, decision);
-        free (decision);
-        s_conn_close (conn);
-        s_pump (self);
-    }
+    s_conn_step (arg);
     return 0;
 }
 
@@ -413,12 +433,22 @@ s_accept (zloop_t *loop, zmq_pollitem_t *item, void *arg)
             continue;
         }
         s_conn_t *conn = calloc (1, sizeof *conn);
+        if (!conn) {
+            close (fd);
+            continue;
+        }
         conn->owner = self;
         conn->fd = fd;
+        conn->slot = slot;
         conn->opened_ms = ccm_mono_ms ();
         self->conns[slot] = conn;
+        //  ccm-hook writes its record as soon as it connects, so it is
+        //  usually all there already: no poller for the common case.
+        if (!s_conn_step (conn))
+            continue;
         zmq_pollitem_t poll_item = {NULL, fd, ZMQ_POLLIN, 0};
         zloop_poller (loop, &poll_item, s_conn_readable, conn);
+        conn->polled = true;
         //  A hang-up is POLLERR to zloop, which would drop the poller on the
         //  second one, with the rest of the record unread and the fd open:
         //  the handler reads to the end instead, and closes on EOF.
@@ -461,6 +491,7 @@ s_request_destroy (s_request_t **request_p)
         free (request->verb);
         cJSON_Delete (request->body);
         zlistx_destroy (&request->files);
+        zlistx_destroy (&request->events);
         free (request);
         *request_p = NULL;
     }
@@ -474,7 +505,32 @@ s_send (hooks_t *self, s_request_t *request)
     char *text = cJSON_PrintUnformatted (request->body);
     zmsg_t *msg = zmsg_new ();
     zmsg_addstr (msg, request->verb);
-    zmsg_addmem (msg, text, strlen (text));
+    if (request->events) {
+        //  {"v":1,"idem":"..."} becomes {"v":1,"idem":"...","events":[...]}
+        size_t size = strlen (text) + 16;
+        for (char *event = zlistx_first (request->events); event;
+             event = zlistx_next (request->events))
+            size += strlen (event) + 1;
+        char *out = malloc (size);
+        size_t len = strlen (text) - 1;
+        memcpy (out, text, len);
+        len += (size_t) sprintf (out + len, ",\"events\":[");
+        for (char *event = zlistx_first (request->events); event;
+             event = zlistx_next (request->events)) {
+            size_t event_len = strlen (event);
+            memcpy (out + len, event, event_len);
+            len += event_len;
+            out[len++] = ',';
+        }
+        if (out[len - 1] == ',')
+            len--;  //  the last event's comma
+        memcpy (out + len, "]}", 2);
+        len += 2;
+        zmsg_addmem (msg, out, len);
+        free (out);
+    }
+    else
+        zmsg_addmem (msg, text, strlen (text));
     free (text);
     if (zmsg_send (&msg, self->store))
         zmsg_destroy (&msg);
@@ -486,44 +542,36 @@ s_send (hooks_t *self, s_request_t *request)
 static s_request_t *
 s_next_batch (hooks_t *self)
 {
-    int count = cJSON_GetArraySize (self->pending);
-    if (count == 0)
+    if (zlistx_size (self->pending) == 0)
         return NULL;
-    //  As many events as fit under the store's body limit (at least one): a
-    //  body over it is refused whole, and the batch would be lost with it.
-    int take = 0;
-    size_t bytes = 0;
-    for (cJSON *event = self->pending->child; event && take < self->batch_max;
-         event = event->next) {
-        char *text = cJSON_PrintUnformatted (event);
-        size_t size = text ? strlen (text) + 1 : 0;
-        free (text);
-        if (take > 0 && bytes + size > self->batch_bytes)
-            break;
-        bytes += size;
-        take++;
-    }
     s_request_t *request = calloc (1, sizeof *request);
     request->verb = strdup ("hook.add");
     request->body = cJSON_CreateObject ();
     cJSON_AddNumberToObject (request->body, "v", 1);
     request->files = zlistx_new ();
     zlistx_set_destructor (request->files, (zlistx_destructor_fn *) zstr_free);
+    request->events = zlistx_new ();
+    zlistx_set_destructor (request->events, (zlistx_destructor_fn *) zstr_free);
     ccm_uuid (request->idem);
-    if (take == count) {
-        cJSON_AddItemToObject (request->body, "events", self->pending);
-        self->pending = cJSON_CreateArray ();
+    //  As many events as fit under the store's body limit (at least one): a
+    //  body over it is refused whole, and the batch would be lost with it.
+    size_t bytes = 0;
+    for (char *event = zlistx_first (self->pending);
+         event && zlistx_size (request->events) < (size_t) self->batch_max;
+         event = zlistx_first (self->pending)) {
+        size_t size = strlen (event) + 1;
+        if (bytes > 0 && bytes + size > self->batch_bytes)
+            break;
+        bytes += size;
+        zlistx_add_end (request->events, zlistx_detach_cur (self->pending));
+    }
+    if (zlistx_size (self->pending) == 0) {
+        //  Every event received so far is in this batch: once it commits,
+        //  the journal and the spool files read so far are redundant.
         s_journal_seal (self);
         for (char *path = zlistx_detach (self->waiting, NULL); path;
              path = zlistx_detach (self->waiting, NULL))
             zlistx_add_end (request->files, path);
-        request->events = count;
-    }
-    else {
-        cJSON *events = cJSON_AddArrayToObject (request->body, "events");
-        for (int i = 0; i < take; i++)
-            cJSON_AddItemToArray (events, cJSON_DetachItemFromArray (self->pending, 0));
-        request->events = take;
     }
     return request;
 }
@@ -587,25 +635,26 @@ s_drop_rejected (hooks_t *self, s_request_t *request, cJSON *error)
     const char *field = cJSON_GetStringValue (cJSON_GetObjectItem (error, "field"));
     const char *message = cJSON_GetStringValue (cJSON_GetObjectItem (error, "message"));
     int index = -1;
-    cJSON *events = cJSON_GetObjectItem (request->body, "events");
+    size_t count = zlistx_size (request->events);
     if (field && sscanf (field, "events[%d]", &index) == 1 && index >= 0
-        && index < cJSON_GetArraySize (events)) {
-        cJSON *event = cJSON_DetachItemFromArray (events, index);
+        && (size_t) index < count) {
+        char *text = zlistx_first (request->events);
+        for (int i = 0; i < index; i++)
+            text = zlistx_next (request->events);
+        cJSON *event = cJSON_Parse (text);
         ccm_error ("the store refused hook event %s (%s): %s; dropped",
                    cJSON_GetStringValue (cJSON_GetObjectItem (event, "uid")),
                    cJSON_GetStringValue (cJSON_GetObjectItem (event, "hook_type")),
                    message ? message : "?");
         cJSON_Delete (event);
-        request->events--;
+        zlistx_delete (request->events, zlistx_cursor (request->events));
         self->rejected++;
     }
     else {
-        ccm_error ("the store refused a batch of %d hook events: %s; dropped", request->events,
+        ccm_error ("the store refused a batch of %zu hook events: %s; dropped", count,
                    message ? message : "?");
-        cJSON_DeleteItemFromObject (request->body, "events");
-        cJSON_AddArrayToObject (request->body, "events");
-        self->rejected += (uint64_t) request->events;
-        request->events = 0;
+        zlistx_purge (request->events);
+        self->rejected += count;
     }
 }
 
@@ -625,7 +674,7 @@ s_store_reply (zloop_t *loop, zsock_t *reader, void *arg)
     s_request_t *request = self->inflight;
     if (request && status && strcmp (status, "ok") == 0) {
         if (strcmp (request->verb, "hook.add") == 0) {
-            self->committed += (uint64_t) request->events;
+            self->committed += zlistx_size (request->events);
             for (char *path = zlistx_first (request->files); path;
                  path = zlistx_next (request->files))
                 if (unlink (path) == 0)
@@ -635,10 +684,10 @@ s_store_reply (zloop_t *loop, zsock_t *reader, void *arg)
     }
     else if (request && status) {
         cJSON *error = cJSON_GetObjectItem (body, "error");
-        if (strcmp (request->verb, "hook.add") == 0 && request->events > 0) {
+        if (request->events && zlistx_size (request->events) > 0) {
             s_drop_rejected (self, request, error);
             ccm_uuid (request->idem);  //  a different request now
-            if (request->events > 0)
+            if (zlistx_size (request->events) > 0)
                 s_send (self, request);
             else {
                 //  Nothing left to write: its files are done with.
@@ -705,7 +754,8 @@ hooks_main (ccm_config_t *config)
     char sessions_path[PATH_MAX];
     snprintf (sessions_path, sizeof sessions_path, "%s/sessions.tsv", self.spool);
     self.sessions = hooks_sessions_new (sessions_path);
-    self.pending = cJSON_CreateArray ();
+    self.pending = zlistx_new ();
+    zlistx_set_destructor (self.pending, (zlistx_destructor_fn *) zstr_free);
     self.waiting = zlistx_new ();
     zlistx_set_destructor (self.waiting, (zlistx_destructor_fn *) zstr_free);
     self.known = zhashx_new ();
@@ -731,10 +781,10 @@ hooks_main (ccm_config_t *config)
         ccm_info ("ready: listening on %s", ccm_config_str (config, "hooks.socket"));
         zloop_start (self.loop);
         rc = 0;
-        ccm_info ("stopping: %llu event(s) taken, %llu committed, %llu rejected; %d pending "
+        ccm_info ("stopping: %llu event(s) taken, %llu committed, %llu rejected; %zu pending "
                   "(kept in the journal)",
                   (unsigned long long) self.accepted, (unsigned long long) self.committed,
-                  (unsigned long long) self.rejected, cJSON_GetArraySize (self.pending));
+                  (unsigned long long) self.rejected, zlistx_size (self.pending));
     }
     for (int i = 0; i < S_CONN_MAX; i++)
         if (self.conns[i])
@@ -755,7 +805,7 @@ hooks_main (ccm_config_t *config)
     zloop_destroy (&self.loop);
     zsock_destroy (&self.store);
     s_request_destroy (&self.inflight);
-    cJSON_Delete (self.pending);
+    zlistx_destroy (&self.pending);
     zlistx_destroy (&self.waiting);
     zhashx_destroy (&self.known);
     for (s_request_t *audit = zlistx_detach (self.audits, NULL); audit;

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static char *
@@ -19,12 +20,24 @@ s_error (sqlite3 *db, const char *what)
     return text;
 }
 
+//  Counts the rows of PRAGMA foreign_key_check (sqlite3_exec callback).
+static int
+s_count_row (void *arg, int columns, char **values, char **names)
+{
+    (void) columns, (void) values, (void) names;
+    (*(int *) arg)++;
+    return 0;
+}
+
 //  Applies every embedded migration not yet in schema_migrations, each in
-//  its own transaction, in name order.
+//  its own transaction, in name order. Foreign keys are off meanwhile, as
+//  SQLite's ALTER TABLE guide asks, so a migration may rebuild a table that
+//  others refer to; each one must leave none broken, or it is rolled back.
 static int
 s_migrate (sqlite3 *db, char **error)
 {
     if (sqlite3_exec (db,
+                      "PRAGMA foreign_keys = OFF;"
                       "CREATE TABLE IF NOT EXISTS schema_migrations ("
                       " name TEXT PRIMARY KEY,"
                       " applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')))",
@@ -41,20 +54,29 @@ s_migrate (sqlite3 *db, char **error)
         if (sqlite3_step (seen) == SQLITE_ROW)
             continue;
         char *sql = NULL;
-        if (asprintf (&sql,
-                      "BEGIN IMMEDIATE;\n%s\n;INSERT INTO schema_migrations (name) VALUES ('%s');"
-                      "COMMIT;",
-                      m->sql, m->name)
-            < 0) {
+        if (asprintf (&sql, "BEGIN IMMEDIATE;\n%s\n;", m->sql) < 0) {
             *error = strdup ("out of memory");
             break;
         }
         char *message = NULL;
+        int broken = 0;
         int rc = sqlite3_exec (db, sql, NULL, NULL, &message);
         free (sql);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_exec (db, "PRAGMA foreign_key_check", s_count_row, &broken, &message);
+        if (rc == SQLITE_OK && broken) {
+            message = sqlite3_mprintf ("%d foreign key(s) left broken", broken);
+            rc = SQLITE_CONSTRAINT;
+        }
+        if (rc == SQLITE_OK) {
+            sql = sqlite3_mprintf ("INSERT INTO schema_migrations (name) VALUES (%Q); COMMIT;",
+                                   m->name);
+            rc = sql ? sqlite3_exec (db, sql, NULL, NULL, &message) : SQLITE_NOMEM;
+            sqlite3_free (sql);
+        }
         if (rc != SQLITE_OK) {
             if (asprintf (error, "migration %s: %s", m->name, message ? message : "failed") < 0)
-                *error = NULL;
+                *error = strdup ("migration failed");
             sqlite3_free (message);
             sqlite3_exec (db, "ROLLBACK", NULL, NULL, NULL);
             break;
@@ -62,6 +84,8 @@ s_migrate (sqlite3 *db, char **error)
         ccm_info ("applied migration %s", m->name);
     }
     sqlite3_finalize (seen);
+    if (!*error && sqlite3_exec (db, "PRAGMA foreign_keys = ON", NULL, NULL, NULL) != SQLITE_OK)
+        *error = s_error (db, "foreign_keys");
     return *error ? -1 : 0;
 }
 
@@ -154,6 +178,17 @@ store_db_fail (store_t *self, ccm_error_t *err, const char *what)
         return ccm_fail (err, "bad_field", "", "%s: %s", what, message);
     ccm_error ("%s: sqlite error %d: %s", what, code, message);
     return ccm_fail (err, "internal", "", "%s: database error: %s", what, message);
+}
+
+void
+store_db_now (char now[32])
+{
+    struct timespec ts;
+    clock_gettime (CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r (&ts.tv_sec, &tm);
+    size_t len = strftime (now, 32, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf (now + len, 32 - len, ".%03dZ", (int) (ts.tv_nsec / 1000000) % 1000);
 }
 
 int64_t

@@ -33,11 +33,14 @@ struct _store_t {
     int max_attempts;
     size_t max_body;
     int batch_max;
+    int64_t batch_rows;  //  most hook rows in one group commit
+    int64_t txn_rows;    //  hook rows in the open transaction so far
+    bool poisoned;       //  a write failed without a SAVEPOINT: roll the batch back
     //  Statements prepared once, used on every request.
     sqlite3_stmt *begin, *commit, *rollback;
     sqlite3_stmt *savepoint, *release, *rollback_to;
     sqlite3_stmt *idem_get, *idem_put;
-    sqlite3_stmt *hook_insert;
+    sqlite3_stmt *hook_insert, *hook_event;
     sqlite3_stmt *events_after;
     //  Counters, logged at shutdown.
     uint64_t requests, errors, commits, dropped;
@@ -60,6 +63,9 @@ void store_db_bind_text (sqlite3_stmt *stmt, int index, const char *text);
 
 //  Maps a failed SQLite call to a protocol error (conflict, bad_field, internal).
 int store_db_fail (store_t *self, ccm_error_t *err, const char *what);
+
+//  Writes the current UTC time as protocol.md's times, e.g. 2026-11-23T10:15:02.123Z.
+void store_db_now (char now[32]);
 
 //  The newest committed seq, 0 for an empty log.
 int64_t store_db_last_seq (sqlite3 *db);
@@ -90,7 +96,7 @@ store_handler_fn store_ping, store_stats;
 store_handler_fn store_project_add, store_project_list;
 store_handler_fn store_task_add, store_task_get, store_task_list, store_task_transition,
     store_task_cancel, store_task_result, store_task_progress;
-store_handler_fn store_hook_add;
+store_handler_fn store_hook_add, store_hook_list;
 store_handler_fn store_automation_add;
 store_handler_fn store_events_since;
 store_handler_fn store_system_register, store_context_upsert, store_task_claim, store_agent_upsert,

@@ -1,10 +1,16 @@
 /*  store_server: the request loop and group commit.
 
     Each turn of the loop takes every request already waiting on the ROUTER
-    (up to store.batch_max), runs them in one transaction, each write inside
-    its own SAVEPOINT so one bad request cannot spoil the others, COMMITs,
-    and only then sends the replies and publishes the new events. So an "ok"
-    always means durable, and concurrent writers share one fsync.           */
+    (up to store.batch_max requests, or until store.batch_rows hook rows are
+    in), runs them in one transaction, each write inside its own SAVEPOINT so
+    one bad request cannot spoil the others, COMMITs, and only then sends the
+    replies and publishes the new events. So an "ok" always means durable,
+    and concurrent writers share one fsync.
+
+    hook.add, the hot path, skips the SAVEPOINT: it validates its whole
+    request before its first write, so a refusal leaves nothing to undo. If
+    a write fails after all (disk full, I/O error), the whole transaction is
+    rolled back and every write of the batch is told to retry.              */
 
 #include "store_internal.h"
 
@@ -19,31 +25,35 @@
 #define S_IDEM_MAX 128
 #define S_ID_MAX   128
 
+//  A write handler is "atomic" when it checks all of its input before its
+//  first write, so that refusing a request never leaves a row to undo.
 static const struct {
     const char *verb;
     bool write;
+    bool atomic;
     store_handler_fn *handler;
 } s_verbs[] = {
-    {"ping", false, store_ping},
-    {"stats", false, store_stats},
-    {"project.add", true, store_project_add},
-    {"project.list", false, store_project_list},
-    {"task.add", true, store_task_add},
-    {"task.get", false, store_task_get},
-    {"task.list", false, store_task_list},
-    {"task.transition", true, store_task_transition},
-    {"task.cancel", true, store_task_cancel},
-    {"hook.add", true, store_hook_add},
-    {"automation.add", true, store_automation_add},
-    {"events.since", false, store_events_since},
-    {"system.register", true, store_system_register},
-    {"context.upsert", true, store_context_upsert},
-    {"task.claim", true, store_task_claim},
-    {"task.result", true, store_task_result},
-    {"task.progress", true, store_task_progress},
-    {"agent.upsert", true, store_agent_upsert},
-    {"worktree.upsert", true, store_worktree_upsert},
-    {"worktree.list", false, store_worktree_list},
+    {"ping", false, false, store_ping},
+    {"stats", false, false, store_stats},
+    {"project.add", true, false, store_project_add},
+    {"project.list", false, false, store_project_list},
+    {"task.add", true, false, store_task_add},
+    {"task.get", false, false, store_task_get},
+    {"task.list", false, false, store_task_list},
+    {"task.transition", true, false, store_task_transition},
+    {"task.cancel", true, false, store_task_cancel},
+    {"hook.add", true, true, store_hook_add},
+    {"hook.list", false, false, store_hook_list},
+    {"automation.add", true, false, store_automation_add},
+    {"events.since", false, false, store_events_since},
+    {"system.register", true, false, store_system_register},
+    {"context.upsert", true, false, store_context_upsert},
+    {"task.claim", true, false, store_task_claim},
+    {"task.result", true, false, store_task_result},
+    {"task.progress", true, false, store_task_progress},
+    {"agent.upsert", true, false, store_agent_upsert},
+    {"worktree.upsert", true, false, store_worktree_upsert},
+    {"worktree.list", false, false, store_worktree_list},
 };
 
 //  A reply waiting for COMMIT.
@@ -108,8 +118,9 @@ s_idem_lookup (store_t *self, const char *key, const char *verb, char **reply_te
     return found;
 }
 
-//  Runs one write handler inside a SAVEPOINT and remembers its reply under
-//  the idempotency key. Returns 0 with *text set, or -1 with err set.
+//  Runs one write handler inside a SAVEPOINT (unless it is atomic) and
+//  remembers its reply under the idempotency key. Returns 0 with *text set,
+//  or -1 with err set.
 static int
 s_run_write (store_t *self, int v, const char *key, cJSON *body, char **text, ccm_error_t *err)
 {
@@ -117,7 +128,9 @@ s_run_write (store_t *self, int v, const char *key, cJSON *body, char **text, cc
     if (found)
         return found < 0 ? -1 : 0;
 
-    if (store_db_run (self->savepoint) != SQLITE_DONE)
+    bool savepoint = !s_verbs[v].atomic;
+    int64_t changes = sqlite3_total_changes64 (self->db);
+    if (savepoint && store_db_run (self->savepoint) != SQLITE_DONE)
         return store_db_fail (self, err, "savepoint");
     cJSON *result = cJSON_CreateObject ();
     cJSON_AddNumberToObject (result, "v", CCM_PROTOCOL_VERSION);
@@ -134,7 +147,13 @@ s_run_write (store_t *self, int v, const char *key, cJSON *body, char **text, cc
         }
     }
     cJSON_Delete (result);
-    if (rc == 0)
+    if (!savepoint) {
+        //  Refused before its first write: nothing to undo. Refused after
+        //  one: only rolling back the whole transaction undoes it.
+        if (rc && sqlite3_total_changes64 (self->db) != changes)
+            self->poisoned = true;
+    }
+    else if (rc == 0)
         store_db_run (self->release);
     else {
         store_db_run (self->rollback_to);
@@ -233,14 +252,19 @@ s_send_reply (store_t *self, s_reply_t *reply)
     reply->body = NULL;
 }
 
-//  Takes every waiting request (up to batch_max), runs them in one
-//  transaction, then replies and publishes.
+//  Takes every waiting request (up to batch_max, or until batch_rows hook
+//  rows are in), runs them in one transaction, then replies and publishes.
+//  The row bound keeps transactions short, so replies flow while clients
+//  keep sending instead of all arriving at once after one huge COMMIT.
 static void
 s_batch (store_t *self, s_reply_t *replies)
 {
     int count = 0;
+    self->txn_rows = 0;
+    self->poisoned = false;
     bool began = store_db_run (self->begin) == SQLITE_DONE;
-    while (count < self->batch_max && (zsock_events (self->router) & ZMQ_POLLIN)) {
+    while (count < self->batch_max && self->txn_rows < self->batch_rows && !self->poisoned
+           && (zsock_events (self->router) & ZMQ_POLLIN)) {
         zmsg_t *msg = zmsg_recv (self->router);
         if (!msg)
             break;
@@ -248,13 +272,16 @@ s_batch (store_t *self, s_reply_t *replies)
         s_handle (self, msg, &replies[count]);
         count++;
     }
-    bool committed = began && store_db_run (self->commit) == SQLITE_DONE;
+    char why[300];
+    snprintf (why, sizeof why, "a write of this batch failed (%s)", sqlite3_errmsg (self->db));
+    bool committed = began && !self->poisoned && store_db_run (self->commit) == SQLITE_DONE;
     if (!committed) {
-        ccm_error ("commit failed: %s", sqlite3_errmsg (self->db));
+        if (!self->poisoned)
+            snprintf (why, sizeof why, "commit failed: %s", sqlite3_errmsg (self->db));
+        ccm_error ("%s; rolling back %d request(s)", why, count);
         store_db_run (self->rollback);
         ccm_error_t err;
-        ccm_fail (&err, "internal", "", "commit failed: %s; nothing was written, retry",
-                  sqlite3_errmsg (self->db));
+        ccm_fail (&err, "internal", "", "%s; nothing was written, retry", why);
         for (int i = 0; i < count; i++)
             if (replies[i].write && replies[i].ok)
                 s_set_error (&replies[i], &err, NULL);
@@ -299,16 +326,18 @@ s_prepare_all (store_t *self)
         store_db_prepare (db, "INSERT INTO idempotency (key, verb, reply) VALUES (?, ?, ?)");
     self->hook_insert = store_db_prepare (
         db, "INSERT OR IGNORE INTO hook_events (uid, task_id, agent_id, system_id, session_id,"
-            " hook_type, hook_timestamp, event_data, tool_name, file_path, success)"
-            " VALUES (?, ?, ?, ?, ?, ?, coalesce(?, strftime('%Y-%m-%dT%H:%M:%fZ','now')),"
-            " ?, ?, ?, ?)");
+            " hook_type, hook_timestamp, event_data, tool_name, file_path, success, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+    self->hook_event =
+        store_db_prepare (db, "INSERT INTO events (topic, ts, entity, entity_id, task_id, data)"
+                              " VALUES ('hook.added', ?, 'hook_events', ?, ?, ?)");
     self->events_after = store_db_prepare (
         db, "SELECT seq, topic, json_object('v', 1, 'seq', seq, 'topic', topic, 'ts', ts,"
             " 'entity', entity, 'entity_id', entity_id, 'task_id', task_id, 'data', json(data))"
             " FROM events WHERE seq > ? ORDER BY seq");
     return self->begin && self->commit && self->rollback && self->savepoint && self->release
                    && self->rollback_to && self->idem_get && self->idem_put && self->hook_insert
-                   && self->events_after
+                   && self->hook_event && self->events_after
                ? 0
                : -1;
 }
@@ -327,6 +356,9 @@ store_new (ccm_config_t *config, char **error)
     self->batch_max = (int) ccm_config_int (config, "store.batch_max");
     if (self->batch_max < 1)
         self->batch_max = 1;
+    self->batch_rows = ccm_config_int (config, "store.batch_rows");
+    if (self->batch_rows < 1)
+        self->batch_rows = 1;
 
     const char *endpoint = ccm_config_str (config, "store.endpoint");
     const char *pub_endpoint = ccm_config_str (config, "store.pub_endpoint");
@@ -371,10 +403,10 @@ store_destroy (store_t **self_p)
         store_t *self = *self_p;
         zsock_destroy (&self->router);
         zsock_destroy (&self->pub);
-        sqlite3_stmt *stmts[] = {self->begin,       self->commit,   self->rollback,
-                                 self->savepoint,   self->release,  self->rollback_to,
-                                 self->idem_get,    self->idem_put, self->hook_insert,
-                                 self->events_after};
+        sqlite3_stmt *stmts[] = {self->begin,      self->commit,      self->rollback,
+                                 self->savepoint,  self->release,     self->rollback_to,
+                                 self->idem_get,   self->idem_put,    self->hook_insert,
+                                 self->hook_event, self->events_after};
         for (size_t i = 0; i < sizeof stmts / sizeof stmts[0]; i++)
             sqlite3_finalize (stmts[i]);
         if (self->db && sqlite3_close (self->db) != SQLITE_OK)

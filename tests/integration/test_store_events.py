@@ -205,8 +205,9 @@ class Live(EventsTestCase):
                          ["project.added"])
         self.assertEqual(ccmtest.transitions(everything),
                          [("queued", "assigned"), ("assigned", "executing")])
-        self.assertEqual([e["topic"] for e in everything if e["topic"].startswith("hook.")],
-                         ["hook.PreToolUse", "hook.PostToolUse"])
+        self.assertEqual([(e["topic"], e["data"]["types"]) for e in everything
+                          if e["topic"].startswith("hook.")],
+                         [("hook.added", {"PreToolUse": 1, "PostToolUse": 1})])
 
 
 class Clone(EventsTestCase):
@@ -315,7 +316,8 @@ class Filters(EventsTestCase):
                          [r[0] for r in self.store.query(
                              "SELECT seq FROM events WHERE task_id = ? ORDER BY seq", a)])
         self.assertEqual(of_a[0]["topic"], "task.created")
-        self.assertEqual(of_a[-1]["topic"], "hook.Stop")
+        self.assertEqual((of_a[-1]["topic"], of_a[-1]["data"]["types"]),
+                         ("hook.added", {"Stop": 1}))
         self.assertEqual(ccmtest.transitions(of_a), [("queued", "assigned"),
                                                      ("assigned", "executing"),
                                                      ("executing", "complete")])
@@ -333,7 +335,8 @@ class Filters(EventsTestCase):
         tasks = since(topic="task.")
         self.assertEqual(len(tasks), len(of_a) - 1 + len(of_b))
         self.assertEqual([e["topic"] for e in since(topic="project.")], ["project.added"])
-        self.assertEqual([e["topic"] for e in since(topic="hook.")], ["hook.Stop", "hook.PreToolUse"])
+        self.assertEqual([(e["task_id"], e["data"]["types"]) for e in since(topic="hook.")],
+                         [(a, {"Stop": 1}), (None, {"PreToolUse": 1})])
         self.assertEqual(since(topic="nothing.like.this"), [])
         both = since(task=a, topic="task.status")
         self.assertEqual(both, [e for e in of_a if e["topic"] == "task.status"])

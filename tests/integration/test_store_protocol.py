@@ -622,16 +622,39 @@ class Hooks(ccmtest.StoreTestCase):
                     tzinfo=datetime.timezone.utc).timestamp()
                 self.assertLess(abs(when - before), 120, "hook_timestamp defaults to now (UTC)")
 
-        hooks = [e for e in self.store.replay(0, topic="hook.")]
-        self.assertEqual([e["topic"] for e in hooks], ["hook." + ev["hook_type"] for ev in batch])
-        for ev, row, src in zip(hooks, rows, batch):
-            self.assertEqual(ev["entity"], "hook_events")
-            self.assertEqual(ev["data"]["hook_event_id"], row[0])
-            self.assertEqual(ev["data"]["hook_type"], src["hook_type"])
-            self.assertEqual(ev["data"]["tool_name"], src.get("tool_name"))
-            self.assertEqual(ev["data"]["file_path"], src.get("file_path"))
-            self.assertEqual(ev["data"]["agent_id"], src.get("agent_id"))
-            self.assertEqual(ev["task_id"], src.get("task_id"))
+        # One hook.added event per task of the request: 5 rows of the task, 3 without one.
+        added = self.store.replay(0, topic="hook.")
+        self.assertEqual([e["topic"] for e in added], ["hook.added", "hook.added"])
+        by_task = {e["task_id"]: e for e in added}
+        self.assertEqual(set(by_task), {tid, None})
+        self.assertEqual(by_task[tid]["entity"], "hook_events")
+        self.assertEqual(by_task[tid]["data"], {
+            "first_id": rows[0][0], "last_id": rows[4][0], "count": 5,
+            "types": {"SessionStart": 1, "UserPromptSubmit": 1, "PreToolUse": 1,
+                      "PostToolUse": 2}})
+        self.assertEqual(by_task[None]["data"], {
+            "first_id": rows[5][0], "last_id": rows[7][0], "count": 3,
+            "types": {"Stop": 1, "SomeFutureHook": 1, "Notification": 1}})
+
+        # hook.list reads them back: all, by task (full id or prefix), after an id, limited.
+        listed = self.assertOk(self.store.call("hook.list"))["hooks"]
+        self.assertEqual([h["id"] for h in listed], [r[0] for r in rows])
+        for hook, src in zip(listed, batch):
+            self.assertEqual(hook["hook_type"], src["hook_type"])
+            self.assertEqual(hook["event_data"], src["event_data"])
+            self.assertEqual(hook["task_id"], src.get("task_id"))
+            self.assertEqual(hook["success"], src.get("success"))
+            self.assertEqual(hook["tool_name"], src.get("tool_name"))
+        of_task = self.assertOk(self.store.call("hook.list", task=tid[:8]))["hooks"]
+        self.assertEqual([h["id"] for h in of_task], [r[0] for r in rows[:5]])
+        page = self.assertOk(self.store.call("hook.list", task=tid, after_id=rows[1][0],
+                                             limit=2))["hooks"]
+        self.assertEqual([h["id"] for h in page], [rows[2][0], rows[3][0]])
+        self.assertEqual(self.assertOk(self.store.call("hook.list", task="no-such-task"))["hooks"],
+                         [])
+        self.assertError(self.store.call("hook.list", limit=0), "bad_field", "limit")
+        self.assertError(self.store.call("hook.list", after_id="x"), "bad_field", "after_id")
+        self.assertError(self.store.call("hook.list", task=""), "bad_field", "task")
 
         # uid dedupe: two stored uids and a new one, plus the new one twice.
         again = [{"hook_type": "Stop", "event_data": {"again": 1}, "uid": "u-1"},
@@ -650,7 +673,13 @@ class Hooks(ccmtest.StoreTestCase):
             "SELECT event_data FROM hook_events WHERE uid = 'u-8'")), {"again": 3})
         self.assertEqual(self.store.scalar("SELECT count(*) FROM hook_events"), len(batch) + 1)
         new = self.store.replay(head)
-        self.assertEqual([e["topic"] for e in new], ["hook.Stop"], "one event per inserted row")
+        self.assertEqual([(e["topic"], e["data"]["count"], e["data"]["types"]) for e in new],
+                         [("hook.added", 1, {"Stop": 1})], "only inserted rows are counted")
+        self.assertEqual(new[0]["data"]["first_id"], self.store.scalar(
+            "SELECT id FROM hook_events WHERE uid = 'u-8'"))
+        head = self.store.head()
+        self.assertOk(self.store.call("hook.add", events=again))
+        self.assertEqual(self.store.head(), head, "a request that inserts nothing adds no event")
 
     def test_hook_add_field_errors(self):
         self.assertError(self.store.call("hook.add"), "missing_field", "events")
