@@ -1,7 +1,7 @@
 /*  cli_agents: working with agents and their worktrees on this machine.
 
     ccm worktree list | merge ID | discard ID [--force] | prune
-    ccm logs ID [--follow]     ccm attach ID     ccm send ID TEXT
+    ccm logs ID [--follow]     ccm attach ID     ccm send ID TEXT [--wait S]
 
     Git and tmux run from an argv array (ccm_proc), never through a shell.
     Work is never lost: a branch with commits not in its base survives
@@ -428,13 +428,191 @@ cli_cmd_attach (cli_t *cli, int argc, char **argv)
 //  Text longer than this is recorded by its size only.
 #define S_SEND_RECORD_MAX (32 * 1024)
 
+//  True when the agent of the task has sent hook events: only then can a
+//  UserPromptSubmit confirm what ccm send typed.
+static bool
+s_hooks_seen (cli_t *cli, const char *task_id)
+{
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "task", task_id);
+    cJSON_AddNumberToObject (body, "limit", 1);
+    cJSON *reply = NULL;
+    bool seen = cli_call (cli, "hook.list", body, &reply) == 0
+                && cJSON_GetArraySize (cJSON_GetObjectItem (reply, "hooks")) > 0;
+    cJSON_Delete (body);
+    cJSON_Delete (reply);
+    return seen;
+}
+
+//  The newest seq of the event log, or -1.
+static int64_t
+s_head (cli_t *cli)
+{
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddNumberToObject (body, "seq", 0);
+    cJSON_AddNumberToObject (body, "limit", 1);
+    cJSON *reply = NULL;
+    int64_t head = -1;
+    if (cli_call (cli, "events.since", body, &reply) == 0)
+        head = (int64_t) cJSON_GetNumberValue (cJSON_GetObjectItem (reply, "last_seq"));
+    cJSON_Delete (body);
+    cJSON_Delete (reply);
+    return head;
+}
+
+//  Whether one of the hook rows first_id.. of the task is a UserPromptSubmit
+//  (returns 1, and 2 if its prompt is the text sent), else 0.
+static int
+s_prompt_in (cli_t *cli, const char *task_id, int64_t first_id, const char *text)
+{
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "task", task_id);
+    cJSON_AddNumberToObject (body, "after_id", (double) (first_id - 1));
+    cJSON_AddNumberToObject (body, "limit", 100);
+    cJSON *reply = NULL;
+    int found = 0;
+    if (cli_call (cli, "hook.list", body, &reply) == 0) {
+        cJSON *hook;
+        cJSON_ArrayForEach (hook, cJSON_GetObjectItem (reply, "hooks"))
+        {
+            if (strcmp (cli_str (hook, "hook_type"), "UserPromptSubmit") != 0)
+                continue;
+            const char *prompt = cJSON_GetStringValue (
+                cJSON_GetObjectItem (cJSON_GetObjectItem (hook, "event_data"), "prompt"));
+            found = prompt && strcmp (prompt, text) == 0 ? 2 : found > 1 ? found : 1;
+        }
+    }
+    cJSON_Delete (body);
+    cJSON_Delete (reply);
+    return found;
+}
+
+//  Waits up to wait_ms for the task's agent to report a UserPromptSubmit
+//  after event *after (moved on as events are read). Returns as
+//  s_prompt_in: 0 none, 1 a prompt, 2 the text sent.
+static int
+s_wait_prompt (cli_t *cli, const char *task_id, int64_t *after, int wait_ms, const char *text)
+{
+    int64_t deadline = zclock_mono () + wait_ms;
+    int found = 0;
+    while (!found && zclock_mono () < deadline) {
+        cJSON *body = cJSON_CreateObject ();
+        cJSON_AddNumberToObject (body, "seq", (double) *after);
+        cJSON_AddStringToObject (body, "task", task_id);
+        cJSON_AddStringToObject (body, "topic", "hook.added");
+        cJSON *reply = NULL;
+        if (cli_call (cli, "events.since", body, &reply) == 0) {
+            cJSON *event;
+            cJSON_ArrayForEach (event, cJSON_GetObjectItem (reply, "events"))
+            {
+                *after = (int64_t) cJSON_GetNumberValue (cJSON_GetObjectItem (event, "seq"));
+                cJSON *data = cJSON_GetObjectItem (event, "data");
+                if (!found
+                    && cJSON_GetObjectItem (cJSON_GetObjectItem (data, "types"),
+                                            "UserPromptSubmit")) {
+                    int64_t first =
+                        (int64_t) cJSON_GetNumberValue (cJSON_GetObjectItem (data, "first_id"));
+                    found = s_prompt_in (cli, task_id, first, text);
+                    if (!found)
+                        found = 1;  //  beyond the rows looked at
+                }
+            }
+        }
+        cJSON_Delete (body);
+        cJSON_Delete (reply);
+        if (!found)
+            zclock_sleep (100);
+    }
+    return found;
+}
+
+//  Types keys into the window (tmux send-keys). 0 or -1.
+static int
+s_keys (const char *sock, const char *window, const char *keys)
+{
+    return ccm_proc_run ((char *[]){"tmux", "-S", (char *) sock, "send-keys", "-t", (char *) window,
+                                    (char *) keys, NULL},
+                         NULL, NULL, 10000);
+}
+
+//  Pastes text into the window as one bracketed paste (-p), so that a TUI
+//  takes its newlines as text, through a file and a tmux buffer. 0 or -1.
+static int
+s_paste (const char *sock, const char *window, const char *buffer, const char *text)
+{
+    char path[] = "/tmp/ccm-send-XXXXXX";
+    int fd = mkstemp (path);
+    if (fd < 0)
+        return -1;
+    size_t len = strlen (text);
+    bool written = write (fd, text, len) == (ssize_t) len;
+    close (fd);
+    int rc = written ? ccm_proc_run ((char *[]){"tmux", "-S", (char *) sock, "load-buffer", "-b",
+                                                (char *) buffer, path, NULL},
+                                     NULL, NULL, 10000)
+                     : -1;
+    unlink (path);
+    if (rc == 0)
+        rc = ccm_proc_run ((char *[]){"tmux", "-S", (char *) sock, "paste-buffer", "-p", "-d", "-b",
+                                      (char *) buffer, "-t", (char *) window, NULL},
+                           NULL, NULL, 10000);
+    return rc ? -1 : 0;
+}
+
+//  Records a delivery step of ccm send as a task.progress note. 0 or -1.
+static int
+s_record_delivery (cli_t *cli, const char *task_id, const char *window, const char *text,
+                   const char *delivery, int attempts, const char *detail)
+{
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "task", task_id);
+    cJSON *data = cJSON_AddObjectToObject (body, "data");
+    cJSON_AddStringToObject (data, "kind", "input");
+    cJSON_AddStringToObject (data, "delivery", delivery);
+    cJSON_AddStringToObject (data, "via", "ccm send");
+    cJSON_AddStringToObject (data, "window", window);
+    size_t len = strlen (text);
+    cJSON_AddNumberToObject (data, "bytes", (double) len);
+    if (attempts)
+        cJSON_AddNumberToObject (data, "attempts", attempts);
+    if (detail)
+        cJSON_AddStringToObject (data, "detail", detail);
+    if (len <= S_SEND_RECORD_MAX)
+        cJSON_AddStringToObject (data, "text", text);
+    else
+        cJSON_AddBoolToObject (data, "text_omitted", true);
+    cli_add_idem (body);
+    cJSON *recorded = NULL;
+    int rc = cli_call (cli, "task.progress", body, &recorded);
+    cJSON_Delete (body);
+    cJSON_Delete (recorded);
+    return rc ? -1 : 0;
+}
+
 int
 cli_cmd_send (cli_t *cli, int argc, char **argv)
 {
-    if (argc != 2)
-        return cli_usage ("usage: ccm send ID TEXT");
+    int wait_ms = 5000;
+    const char *args[2];
+    int nargs = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp (argv[i], "--wait") == 0 && i + 1 < argc) {
+            char *end = NULL;
+            double seconds = strtod (argv[++i], &end);
+            if (!end || *end || seconds < 0 || seconds > 3600)
+                return cli_usage ("ccm send: --wait takes seconds, 0 to 3600");
+            wait_ms = (int) (seconds * 1000);
+        }
+        else if (nargs < 2)
+            args[nargs++] = argv[i];
+        else
+            nargs = 3;
+    }
+    if (nargs != 2)
+        return cli_usage ("usage: ccm send ID TEXT [--wait SECONDS]");
+    const char *text = args[1];
     cJSON *reply = NULL;
-    cJSON *task = s_task (cli, argv[0], &reply);
+    cJSON *task = s_task (cli, args[0], &reply);
     if (!task)
         return 1;
     char window[32], buffer[64], task_id[64];
@@ -443,54 +621,47 @@ cli_cmd_send (cli_t *cli, int argc, char **argv)
     snprintf (buffer, sizeof buffer, "ccm-%.8s", task_id);
     cJSON_Delete (reply);
     if (!window[0])
-        return cli_fail ("task %s has no running agent window", argv[0]);
-    char *sock = (char *) ccm_config_str (cli->config, "executor.tmux_socket");
-    //  The text goes through a file into a tmux buffer, pasted as a bracketed
-    //  paste (-p) so a TUI takes newlines as text; Enter is a separate key.
-    char path[] = "/tmp/ccm-send-XXXXXX";
-    int fd = mkstemp (path);
-    if (fd < 0)
-        return cli_fail ("cannot create a temporary file: %s", strerror (errno));
-    size_t len = strlen (argv[1]);
-    bool written = write (fd, argv[1], len) == (ssize_t) len;
-    close (fd);
-    int rc =
-        written
-            ? ccm_proc_run ((char *[]){"tmux", "-S", sock, "load-buffer", "-b", buffer, path, NULL},
-                            NULL, NULL, 10000)
-            : 1;
-    unlink (path);
-    if (rc == 0)
-        rc = ccm_proc_run ((char *[]){"tmux", "-S", sock, "paste-buffer", "-p", "-d", "-b", buffer,
-                                      "-t", window, NULL},
-                           NULL, NULL, 10000);
-    if (rc == 0) {
-        usleep (100000);  //  let the TUI take the paste before the Enter
-        rc = ccm_proc_run ((char *[]){"tmux", "-S", sock, "send-keys", "-t", window, "Enter", NULL},
-                           NULL, NULL, 10000);
-    }
-    if (rc)
-        return cli_fail ("tmux could not deliver the text to window %s", window);
-    //  Recorded as sent; the agent's UserPromptSubmit hook confirms receipt.
-    cJSON *body = cJSON_CreateObject ();
-    cJSON_AddStringToObject (body, "task", task_id);
-    cJSON *data = cJSON_AddObjectToObject (body, "data");
-    cJSON_AddStringToObject (data, "kind", "input");
-    cJSON_AddStringToObject (data, "delivery", "sent");
-    cJSON_AddStringToObject (data, "via", "ccm send");
-    cJSON_AddStringToObject (data, "window", window);
-    cJSON_AddNumberToObject (data, "bytes", (double) len);
-    if (len <= S_SEND_RECORD_MAX)
-        cJSON_AddStringToObject (data, "text", argv[1]);
-    else
-        cJSON_AddBoolToObject (data, "text_omitted", true);
-    cli_add_idem (body);
-    cJSON *recorded = NULL;
-    rc = cli_call (cli, "task.progress", body, &recorded);
-    cJSON_Delete (body);
-    cJSON_Delete (recorded);
-    if (rc)
+        return cli_fail ("task %s has no running agent window", args[0]);
+    const char *sock = ccm_config_str (cli->config, "executor.tmux_socket");
+
+    //  An agent that sends hooks confirms the text with a UserPromptSubmit;
+    //  events from before the paste do not count.
+    bool confirmable = wait_ms > 0 && s_hooks_seen (cli, task_id);
+    int64_t after = confirmable ? s_head (cli) : -1;
+    if (s_paste (sock, window, buffer, text) != 0)
+        return cli_fail ("tmux could not paste the text into window %s", window);
+    usleep (100000);  //  let the TUI take the paste before the Enter
+    if (s_keys (sock, window, "Enter") != 0)
+        return cli_fail ("tmux could not press Enter in window %s", window);
+    if (s_record_delivery (cli, task_id, window, text, "sent", 1, NULL))
         return cli_fail ("the text was sent to window %s, but not recorded", window);
-    printf ("sent to %s\n", window);
+    if (!confirmable || after < 0) {
+        printf ("sent to %s (not confirmed: %s)\n", window,
+                wait_ms == 0 ? "--wait 0" : "this agent has sent no hook events");
+        return 0;
+    }
+
+    //  The classic failure is an Enter the TUI missed, the text left typed
+    //  but unsubmitted: one more Enter submits it (on an empty prompt it
+    //  does nothing).
+    int attempts = 1;
+    int found = s_wait_prompt (cli, task_id, &after, wait_ms, text);
+    if (!found) {
+        attempts++;
+        if (s_keys (sock, window, "Enter") == 0)
+            found = s_wait_prompt (cli, task_id, &after, wait_ms, text);
+    }
+    const char *detail = found == 2   ? "UserPromptSubmit with this text"
+                         : found == 1 ? "UserPromptSubmit (its prompt differs from the text)"
+                                      : "no UserPromptSubmit";
+    if (s_record_delivery (cli, task_id, window, text, found ? "confirmed" : "unconfirmed",
+                           attempts, detail))
+        return cli_fail ("the delivery to window %s was not recorded", window);
+    if (!found)
+        return cli_fail ("the agent in window %s did not confirm the text: no UserPromptSubmit "
+                         "within %.1f s, after %d Enter presses; it may be busy or stuck",
+                         window, wait_ms / 1000.0, attempts);
+    printf ("sent to %s, confirmed by the agent's UserPromptSubmit%s\n", window,
+            attempts > 1 ? " after a second Enter" : "");
     return 0;
 }

@@ -248,5 +248,92 @@ class TestClaudePolicy(ClaudeTestCase):
                                 ("PostToolUse", "touch allowed.txt")])
 
 
+class TestClaudeSend(ClaudeTestCase):
+    """ccm send to a live Claude Code TUI: confirmed by the UserPromptSubmit
+    hook, and reported (not silently lost) when no confirmation can come."""
+
+    def progress_notes(self, task_id):
+        return [json.loads(d) for (d,) in self.home.query(
+            "SELECT data FROM events WHERE topic = 'task.progress' AND task_id = ? ORDER BY seq",
+            task_id)]
+
+    def wait_idle(self, agent_id, after_prompts):
+        """Waits until the agent has had after_prompts prompts and is idle again."""
+        def idle():
+            prompts = self.home.query("SELECT count(*) FROM hook_events WHERE agent_id = ?"
+                                      " AND hook_type = 'UserPromptSubmit'", agent_id)[0][0]
+            row = self.home.query("SELECT status FROM agents WHERE id = ?", agent_id)
+            return prompts >= after_prompts and row and row[0][0] == "idle"
+        tx.wait_for(f"the agent idle after prompt {after_prompts}", idle, WAIT,
+                    diagnose=self.diagnose)
+
+    def test_send_is_confirmed_by_user_prompt_submit(self):
+        # The built-in claude profile ends its agent at the first idle; this
+        # one stays, as a user who talks to the agent would have it.
+        self.write_profiles({"claude-stay": {
+            "argv": ["claude", "--dangerously-skip-permissions", "{prompt}"],
+            "mode": "interactive"}})
+        reply = self.home.ok("task.add", prompt="make a", project=self.PROJECT,
+                             agent="claude-stay", hold=True)
+        task_id = reply["task"]["id"]
+        worktree = self.worktree_path(task_id)
+        port = self.start_stand_in([
+            {"tool": "Write", "input": {"file_path": os.path.join(worktree, "a.txt"),
+                                        "content": "a\n"}},
+            {"text": "made a"},
+            {"tool": "Write", "input": {"file_path": os.path.join(worktree, "b.txt"),
+                                        "content": "b\n"}},
+            {"text": "made b"},
+            {"tool": "Write", "input": {"file_path": os.path.join(worktree, "c.txt"),
+                                        "content": "c\n"}},
+            {"text": "made c"}])
+        self.start_hooks()
+        self.start_executor(extra_env=self.claude_env(port))
+        self.home.ok("task.transition", task=task_id, to="queued")
+        tx.wait_for("the agent", lambda: self.agents(task_id), WAIT, diagnose=self.diagnose)
+        agent_id = self.agents(task_id)[0]["id"]
+        self.wait_idle(agent_id, 1)
+
+        # 1. Confirmed: the TUI submitted the text, and said so in a hook.
+        text = 'now make b, "quoted" $(not run) `nor this`'
+        rc, out, err = self.home.run_cli("send", task_id[:8], text, timeout=60)
+        self.assertEqual(rc, 0, out + err + self.diagnose())
+        self.assertIn("confirmed by the agent's UserPromptSubmit", out)
+        tx.wait_for("b.txt", lambda: os.path.exists(os.path.join(worktree, "b.txt")), WAIT,
+                    diagnose=self.diagnose)
+        prompts = [json.loads(d)["prompt"] for (d,) in self.home.query(
+            "SELECT event_data FROM hook_events WHERE task_id = ? AND hook_type ="
+            " 'UserPromptSubmit' ORDER BY id", task_id)]
+        self.assertEqual(prompts, ["make a", text])
+        notes = [(n["delivery"], n.get("attempts"), n.get("detail"), n["text"])
+                 for n in self.progress_notes(task_id) if n.get("kind") == "input"]
+        self.assertEqual(notes, [("sent", 1, None, text),
+                                 ("confirmed", 1, "UserPromptSubmit with this text", text)])
+        self.wait_idle(agent_id, 2)
+
+        # 2. Unconfirmable: the ingester is down, so the hook spools its
+        # event and no confirmation can arrive in time. ccm send presses
+        # Enter once more, then says so, and records it; nothing is lost.
+        self.hooks.terminate()
+        self.hooks.wait(10)
+        rc, out, err = self.home.run_cli("send", task_id[:8], "now make c", "--wait", "1",
+                                         timeout=60)
+        self.assertEqual(rc, 1, out + err)
+        self.assertIn("did not confirm the text", err)
+        self.assertIn("after 2 Enter presses", err)
+        last = self.progress_notes(task_id)[-1]
+        self.assertEqual((last["delivery"], last["attempts"], last["detail"]),
+                         ("unconfirmed", 2, "no UserPromptSubmit"))
+        tx.wait_for("c.txt", lambda: os.path.exists(os.path.join(worktree, "c.txt")), WAIT,
+                    diagnose=self.diagnose)
+        self.start_hooks()  # drains the spool: the prompt was only unconfirmed, never lost
+        tx.wait_for("the spooled UserPromptSubmit", lambda: self.home.query(
+            "SELECT count(*) FROM hook_events WHERE task_id = ? AND hook_type ="
+            " 'UserPromptSubmit' AND json_extract(event_data, '$.prompt') = 'now make c'",
+            task_id)[0][0] == 1, 30, diagnose=self.diagnose)
+        self.home.ok("task.cancel", task=task_id)
+        self.wait_final(task_id, timeout=WAIT)
+
+
 if __name__ == "__main__":
     ccmtest.main()
