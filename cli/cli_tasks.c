@@ -137,6 +137,12 @@ s_task_add (cli_t *cli, int argc, char **argv)
             key = "agent";
         else if (strcmp (option, "--timeout") == 0)
             key = "timeout_s";
+        else if (strcmp (option, "--system") == 0)
+            key = "system_id";
+        else if (strcmp (option, "--requires") == 0)
+            key = "requires_context_metadata";
+        else if (strcmp (option, "--depends-on") == 0)
+            key = "depends_on";
         else if (strncmp (option, "--", 2) == 0) {
             cJSON_Delete (body);
             return cli_usage ("task add: unknown option '%s'", option);
@@ -147,6 +153,29 @@ s_task_add (cli_t *cli, int argc, char **argv)
         if (!value) {
             cJSON_Delete (body);
             return 2;
+        }
+        if (strcmp (key, "requires_context_metadata") == 0) {
+            //  KEY=VALUE, repeatable: one constraint each.
+            const char *equals = strchr (value, '=');
+            if (!equals || equals == value || !equals[1]) {
+                cJSON_Delete (body);
+                return cli_usage ("--requires: '%s' is not KEY=VALUE", value);
+            }
+            cJSON *requires = cJSON_GetObjectItemCaseSensitive (body, key);
+            if (!requires)
+            requires = cJSON_AddObjectToObject (body, key);
+            char *name = strndup (value, (size_t) (equals - value));
+            cJSON_DeleteItemFromObjectCaseSensitive (requires, name);
+            cJSON_AddStringToObject (requires, name, equals + 1);
+            free (name);
+            continue;
+        }
+        if (strcmp (key, "depends_on") == 0) {
+            cJSON *depends = cJSON_GetObjectItemCaseSensitive (body, key);
+            if (!depends)
+                depends = cJSON_AddArrayToObject (body, key);
+            cJSON_AddItemToArray (depends, cJSON_CreateString (value));
+            continue;
         }
         cJSON_DeleteItemFromObjectCaseSensitive (body, key);
         if (strcmp (key, "timeout_s") == 0) {
@@ -166,7 +195,7 @@ s_task_add (cli_t *cli, int argc, char **argv)
         return cli_usage (
             "usage: ccm task add [--project P] [--priority low|normal|high|urgent] "
             "[--type worker|supervisory|manager] [--agent PROFILE] [--timeout SECONDS] "
-            "-- PROMPT...");
+            "[--system ID] [--requires KEY=VALUE]... [--depends-on ID]... -- PROMPT...");
     }
     char *prompt = s_join (argc - i, argv + i);
     cJSON_AddStringToObject (body, "prompt", prompt);
@@ -260,6 +289,17 @@ s_task_show (cli_t *cli, int argc, char **argv)
             printf ("%-14s %s\n", *f, item->valuestring);
         else if (cJSON_IsNumber (item))
             printf ("%-14s %d\n", *f, item->valueint);
+    }
+    //  What the task waits for, and what it must run on.
+    cJSON *dep;
+    cJSON_ArrayForEach (dep, cJSON_GetObjectItemCaseSensitive (task, "depends_on"))
+        printf ("%-14s %s\n", "depends_on", cJSON_GetStringValue (dep));
+    cJSON *requires = cJSON_GetObjectItemCaseSensitive (task, "requires_context_metadata");
+    cJSON_ArrayForEach (dep, requires)
+    {
+        char *value = cJSON_IsString (dep) ? NULL : cJSON_PrintUnformatted (dep);
+        printf ("%-14s %s=%s\n", "requires", dep->string, value ? value : dep->valuestring);
+        free (value);
     }
     printf ("prompt:\n%s\n", cli_str (task, "prompt"));
     printf ("events:\n");

@@ -165,6 +165,8 @@ store_task_claim (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
         self->db, "SELECT t.id FROM tasks t LEFT JOIN projects p ON p.id = t.project_id"
                   " WHERE t.status = 'queued' AND (t.system_id IS NULL OR t.system_id = ?1)"
                   " AND coalesce(t.requires_project, p.name) IN (SELECT value FROM json_each(?2))"
+                  " AND NOT EXISTS (SELECT 1 FROM task_dependencies d JOIN tasks u"
+                  " ON u.id = d.depends_on WHERE d.task_id = t.id AND u.status != 'complete')"
                   " ORDER BY CASE t.priority WHEN 'urgent' THEN 0 WHEN 'high' THEN 1"
                   " WHEN 'normal' THEN 2 ELSE 3 END, t.created_at, t.rowid LIMIT ?3");
     cJSON *claimed = cJSON_AddArrayToObject (reply, "tasks");

@@ -82,7 +82,9 @@ int64_t store_db_last_seq (sqlite3 *db);
     " 'requires_supabase', json(CASE t.requires_supabase WHEN 1 THEN 'true' ELSE 'false' END),"    \
     " 'locked_at', t.locked_at, 'locked_by', t.locked_by,"                                         \
     " 'created_at', t.created_at, 'updated_at', t.updated_at, 'started_at', t.started_at,"         \
-    " 'completed_at', t.completed_at, 'agent_profile', t.agent_profile, 'timeout_s', t.timeout_s)" \
+    " 'completed_at', t.completed_at, 'agent_profile', t.agent_profile, 'timeout_s', t.timeout_s," \
+    " 'depends_on', (SELECT json_group_array(depends_on) FROM task_dependencies"                   \
+    " WHERE task_id = t.id))"                                                                      \
     " FROM tasks t LEFT JOIN projects p ON p.id = t.project_id"
 
 //  Moves task id to status to (the state machine decides), records a
@@ -95,7 +97,7 @@ int store_task_move (store_t *self, const char *id, const char *to, const char *
 store_handler_fn store_ping, store_stats;
 store_handler_fn store_project_add, store_project_list;
 store_handler_fn store_task_add, store_task_get, store_task_list, store_task_transition,
-    store_task_cancel, store_task_result, store_task_progress;
+    store_task_cancel, store_task_result, store_task_progress, store_task_depend;
 store_handler_fn store_hook_add, store_hook_list;
 store_handler_fn store_automation_add;
 store_handler_fn store_events_since;

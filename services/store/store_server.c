@@ -42,6 +42,7 @@ static const struct {
     {"task.list", false, false, store_task_list},
     {"task.transition", true, false, store_task_transition},
     {"task.cancel", true, false, store_task_cancel},
+    {"task.depend", true, false, store_task_depend},
     {"hook.add", true, true, store_hook_add},
     {"hook.list", false, false, store_hook_list},
     {"automation.add", true, false, store_automation_add},

@@ -323,12 +323,64 @@ store_task_move (store_t *self, const char *id, const char *to, const char *reas
     return rc;
 }
 
+//  Records that task_id depends on each task named in refs (ids or
+//  prefixes), naming a bad one as depends_on[i]. Refuses a missing task and
+//  a dependency that would close a cycle (the new one already, through its
+//  own dependencies, waits for task_id).
+static int
+s_add_dependencies (store_t *self, const char *task_id, cJSON *refs, ccm_error_t *err)
+{
+    sqlite3_stmt *cycle = store_db_prepare (
+        self->db, "WITH RECURSIVE up(id) AS (SELECT ?1 UNION"
+                  " SELECT d.depends_on FROM task_dependencies d JOIN up ON d.task_id = up.id)"
+                  " SELECT 1 FROM up WHERE id = ?2 LIMIT 1");
+    sqlite3_stmt *insert = store_db_prepare (
+        self->db, "INSERT OR IGNORE INTO task_dependencies (task_id, depends_on) VALUES (?, ?)");
+    int rc = cycle && insert ? 0 : store_db_fail (self, err, "depends_on");
+    int i = 0;
+    cJSON *ref;
+    cJSON_ArrayForEach (ref, refs)
+    {
+        if (rc)
+            break;
+        char field[32], dep[CCM_UUID_LEN + 1];
+        snprintf (field, sizeof field, "depends_on[%d]", i++);
+        if (!cJSON_IsString (ref)) {
+            rc = ccm_fail (err, "bad_field", field, "%s: must be a task id", field);
+            break;
+        }
+        if (s_resolve_task (self, field, ref->valuestring, dep, err)) {
+            rc = -1;
+            break;
+        }
+        sqlite3_bind_text (cycle, 1, dep, -1, SQLITE_STATIC);
+        sqlite3_bind_text (cycle, 2, task_id, -1, SQLITE_STATIC);
+        bool loops = sqlite3_step (cycle) == SQLITE_ROW;
+        sqlite3_reset (cycle);
+        if (loops) {
+            rc = ccm_fail (err, "cycle", field,
+                           "%s: task %.8s already waits for task %.8s; this dependency would "
+                           "make a cycle",
+                           field, dep, task_id);
+            break;
+        }
+        sqlite3_bind_text (insert, 1, task_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text (insert, 2, dep, -1, SQLITE_STATIC);
+        if (sqlite3_step (insert) != SQLITE_DONE)
+            rc = store_db_fail (self, err, field);
+        sqlite3_reset (insert);
+    }
+    sqlite3_finalize (cycle);
+    sqlite3_finalize (insert);
+    return rc;
+}
+
 int
 store_task_add (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
 {
     const char *prompt = NULL, *project = NULL, *priority = "normal", *task_type = "worker";
     const char *system_id = NULL, *requires_project = NULL, *parent = NULL;
-    cJSON *metadata = NULL, *input_data = NULL, *requires_meta = NULL;
+    cJSON *metadata = NULL, *input_data = NULL, *requires_meta = NULL, *depends_on = NULL;
     const char *agent = NULL;
     int64_t timeout_s = 0;
     bool requires_supabase = false, hold = false;
@@ -345,7 +397,8 @@ store_task_add (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
         || ccm_get_bool (body, "requires_supabase", false, &requires_supabase, err)
         || ccm_get_bool (body, "hold", false, &hold, err)
         || ccm_get_string (body, "agent", false, 64, &agent, err)
-        || ccm_get_int (body, "timeout_s", false, 1, 30 * 86400, &timeout_s, err))
+        || ccm_get_int (body, "timeout_s", false, 1, 30 * 86400, &timeout_s, err)
+        || ccm_get_array (body, "depends_on", false, 0, 256, &depends_on, err))
         return -1;
 
     char project_id[CCM_UUID_LEN + 1] = "", project_name[65] = "", parent_id[CCM_UUID_LEN + 1];
@@ -414,6 +467,8 @@ store_task_add (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     sqlite3_finalize (stmt);
     if (rc != SQLITE_DONE)
         return store_db_fail (self, err, "task.add");
+    if (depends_on && s_add_dependencies (self, id, depends_on, err))
+        return -1;
     if (hold) {
         stmt = store_db_prepare (self->db, "SELECT " STORE_TASK_JSON " WHERE t.id = ?");
         if (!stmt)
@@ -424,6 +479,40 @@ store_task_add (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
         return rc;
     }
     return store_task_move (self, id, "queued", NULL, NULL, NULL, reply, err);
+}
+
+int
+store_task_depend (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
+{
+    const char *ref = NULL;
+    cJSON *depends_on = NULL;
+    char id[CCM_UUID_LEN + 1];
+    if (ccm_get_string (body, "task", true, 64, &ref, err)
+        || ccm_get_array (body, "depends_on", true, 1, 256, &depends_on, err)
+        || s_resolve_task (self, "task", ref, id, err))
+        return -1;
+    sqlite3_stmt *stmt = store_db_prepare (self->db, "SELECT status FROM tasks WHERE id = ?");
+    if (!stmt)
+        return store_db_fail (self, err, "task.depend");
+    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
+    char status[16] = "";
+    if (sqlite3_step (stmt) == SQLITE_ROW)
+        snprintf (status, sizeof status, "%s", sqlite3_column_text (stmt, 0));
+    sqlite3_finalize (stmt);
+    //  Only a task that has not started can be made to wait.
+    if (strcmp (status, "created") != 0 && strcmp (status, "queued") != 0)
+        return ccm_fail (err, "illegal_transition", "task",
+                         "task: %.8s is %s; only a created or queued task can get dependencies", id,
+                         status);
+    if (s_add_dependencies (self, id, depends_on, err))
+        return -1;
+    stmt = store_db_prepare (self->db, "SELECT " STORE_TASK_JSON " WHERE t.id = ?");
+    if (!stmt)
+        return store_db_fail (self, err, "task.depend");
+    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
+    int rc = s_add_row (self, stmt, reply, "task", err);
+    sqlite3_finalize (stmt);
+    return rc;
 }
 
 int
