@@ -17,7 +17,7 @@ static const char s_help[] =
     "  project list\n"
     "  task add [--project P] [--priority low|normal|high|urgent]\n"
     "           [--type worker|supervisory|manager] [--agent PROFILE] [--timeout S]\n"
-    "           -- PROMPT...\n"
+    "           [--system ID] [--requires KEY=VALUE]... [--depends-on ID]... -- PROMPT...\n"
     "                                submit a task; prints its id\n"
     "  task list [--status S] [--project P] [--limit N]\n"
     "  task show ID                  a task and its events (ID: a unique prefix works)\n"
@@ -26,9 +26,12 @@ static const char s_help[] =
     "  worktree list [--status S] | merge ID | discard ID [--force] | prune\n"
     "  logs ID [--follow]            the agent's full output\n"
     "  attach ID                     attach to the agent's tmux window\n"
-    "  send ID TEXT                  type TEXT into a running interactive agent\n"
+    "  send ID TEXT [--wait S]       type TEXT into a running agent; confirmed by its hooks\n"
     "  hooks install|uninstall [--project PATH [--local] | --user] [--timeout S]\n"
     "                                put ccm-hook in Claude Code's settings (default --user)\n"
+    "  systems                       the machines (executors) known, their load and tags\n"
+    "  contexts [--system ID] [--project NAME]\n"
+    "                                the projects each machine holds, and how fresh\n"
     "\n"
     "Every listing takes --json. CCM_HOME (default ~/.ccm) selects the instance.\n";
 
@@ -36,10 +39,11 @@ static const struct {
     const char *name;
     int (*run) (cli_t *cli, int argc, char **argv);
 } s_commands[] = {
-    {"up", cli_cmd_up},         {"down", cli_cmd_down},         {"status", cli_cmd_status},
-    {"config", cli_cmd_config}, {"project", cli_cmd_project},   {"task", cli_cmd_task},
-    {"events", cli_cmd_events}, {"worktree", cli_cmd_worktree}, {"logs", cli_cmd_logs},
-    {"attach", cli_cmd_attach}, {"send", cli_cmd_send},         {"hooks", cli_cmd_hooks},
+    {"up", cli_cmd_up},           {"down", cli_cmd_down},         {"status", cli_cmd_status},
+    {"config", cli_cmd_config},   {"project", cli_cmd_project},   {"task", cli_cmd_task},
+    {"events", cli_cmd_events},   {"worktree", cli_cmd_worktree}, {"logs", cli_cmd_logs},
+    {"attach", cli_cmd_attach},   {"send", cli_cmd_send},         {"hooks", cli_cmd_hooks},
+    {"systems", cli_cmd_systems}, {"contexts", cli_cmd_contexts},
 };
 
 int

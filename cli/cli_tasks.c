@@ -100,6 +100,83 @@ cli_cmd_project (cli_t *cli, int argc, char **argv)
     return cli_usage ("usage: ccm project add NAME PATH | ccm project list");
 }
 
+int
+cli_cmd_systems (cli_t *cli, int argc, char **argv)
+{
+    if (argc > 0)
+        return cli_usage ("systems: unexpected argument '%s'; usage: ccm systems [--json]",
+                          argv[0]);
+    cJSON *body = cJSON_CreateObject ();
+    cJSON *reply;
+    int rc = cli_call (cli, "system.list", body, &reply);
+    cJSON_Delete (body);
+    if (rc)
+        return rc;
+    cJSON *systems = cJSON_GetObjectItemCaseSensitive (reply, "systems");
+    if (cli->json)
+        cli_print_json (systems);
+    else {
+        printf ("%-8s %-20s %-8s %-9s %-8s %s\n", "ID", "HOSTNAME", "STATUS", "TYPE", "RUNNING",
+                "TAGS");
+        cJSON *system;
+        cJSON_ArrayForEach (system, systems)
+        {
+            printf ("%.8s ", cli_str (system, "id"));
+            cli_print_cell (cli_str (system, "hostname"), 20);
+            char *tags = cJSON_PrintUnformatted (cJSON_GetObjectItem (system, "tags"));
+            printf (" %-8s %-9s %3d/%-4d %s\n", cli_str (system, "status"),
+                    cli_str (system, "system_type"),
+                    (int) cJSON_GetNumberValue (cJSON_GetObjectItem (system, "running")),
+                    (int) cJSON_GetNumberValue (cJSON_GetObjectItem (system, "capacity")),
+                    tags ? tags : "[]");
+            free (tags);
+        }
+    }
+    cJSON_Delete (reply);
+    return 0;
+}
+
+int
+cli_cmd_contexts (cli_t *cli, int argc, char **argv)
+{
+    cJSON *body = cJSON_CreateObject ();
+    for (int i = 0; i < argc; i++) {
+        const char *key = strcmp (argv[i], "--system") == 0    ? "system_id"
+                          : strcmp (argv[i], "--project") == 0 ? "project"
+                                                               : NULL;
+        if (!key || i + 1 >= argc) {
+            cJSON_Delete (body);
+            return cli_usage ("usage: ccm contexts [--system ID] [--project NAME] [--json]");
+        }
+        cJSON_AddStringToObject (body, key, argv[++i]);
+    }
+    cJSON *reply;
+    int rc = cli_call (cli, "context.list", body, &reply);
+    cJSON_Delete (body);
+    if (rc)
+        return rc;
+    cJSON *contexts = cJSON_GetObjectItemCaseSensitive (reply, "contexts");
+    if (cli->json)
+        cli_print_json (contexts);
+    else {
+        printf ("%-20s %-20s %-7s %-16s %-24s %s\n", "PROJECT", "HOSTNAME", "STATUS", "BRANCH",
+                "VERIFIED", "PATH");
+        cJSON *context;
+        cJSON_ArrayForEach (context, contexts)
+        {
+            cli_print_cell (cli_str (context, "project_name"), 20);
+            printf (" ");
+            cli_print_cell (cli_str (context, "hostname"), 20);
+            printf (" %-7s ", cli_str (context, "status"));
+            cli_print_cell (cli_str (context, "repo_branch"), 16);
+            printf (" %-24s %s\n", cli_str (context, "last_verified"),
+                    cli_str (context, "project_path"));
+        }
+    }
+    cJSON_Delete (reply);
+    return 0;
+}
+
 //  Joins argv words with single spaces; one word is taken byte for byte.
 static char *
 s_join (int argc, char **argv)

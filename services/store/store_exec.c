@@ -305,3 +305,49 @@ store_worktree_list (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     sqlite3_finalize (stmt);
     return rows < 0 ? store_db_fail (self, err, "worktree.list") : 0;
 }
+
+int
+store_system_list (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
+{
+    (void) body, (void) err;
+    //  running: the tasks an executor holds now (assigned or executing).
+    sqlite3_stmt *stmt = store_db_prepare (
+        self->db,
+        "SELECT json_object('id', s.id, 'hostname', s.hostname, 'machine_id', s.machine_id,"
+        " 'system_type', s.system_type, 'tags', json(s.tags), 'status', s.status,"
+        " 'capacity', s.capacity, 'last_seen', s.last_seen, 'created_at', s.created_at,"
+        " 'running', (SELECT count(*) FROM tasks t WHERE t.locked_by = s.id"
+        " AND t.status IN ('assigned', 'executing')),"
+        " 'contexts', (SELECT count(*) FROM contexts c WHERE c.system_id = s.id))"
+        " FROM systems s ORDER BY s.hostname");
+    if (!stmt)
+        return store_db_fail (self, err, "system.list");
+    int rows = store_db_collect_json (stmt, cJSON_AddArrayToObject (reply, "systems"));
+    sqlite3_finalize (stmt);
+    return rows < 0 ? store_db_fail (self, err, "system.list") : 0;
+}
+
+int
+store_context_list (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
+{
+    const char *system_id = NULL, *project = NULL;
+    if (ccm_get_string (body, "system_id", false, 128, &system_id, err)
+        || ccm_get_string (body, "project", false, 128, &project, err))
+        return -1;
+    sqlite3_stmt *stmt = store_db_prepare (
+        self->db, "SELECT json_object('id', c.id, 'system_id', c.system_id, 'hostname', s.hostname,"
+                  " 'project_name', c.project_name, 'project_path', c.project_path,"
+                  " 'repo_url', c.repo_url, 'repo_branch', c.repo_branch, 'status', c.status,"
+                  " 'last_verified', c.last_verified, 'last_pulled', c.last_pulled,"
+                  " 'metadata', json(c.metadata), 'updated_at', c.updated_at)"
+                  " FROM contexts c JOIN systems s ON s.id = c.system_id"
+                  " WHERE (?1 IS NULL OR c.system_id = ?1) AND (?2 IS NULL OR c.project_name = ?2)"
+                  " ORDER BY c.project_name, s.hostname");
+    if (!stmt)
+        return store_db_fail (self, err, "context.list");
+    store_db_bind_text (stmt, 1, system_id);
+    store_db_bind_text (stmt, 2, project);
+    int rows = store_db_collect_json (stmt, cJSON_AddArrayToObject (reply, "contexts"));
+    sqlite3_finalize (stmt);
+    return rows < 0 ? store_db_fail (self, err, "context.list") : 0;
+}

@@ -101,6 +101,7 @@ store_handler_fn store_task_add, store_task_get, store_task_list, store_task_tra
 store_handler_fn store_hook_add, store_hook_list;
 store_handler_fn store_automation_add;
 store_handler_fn store_events_since;
+store_handler_fn store_system_list, store_context_list;
 store_handler_fn store_system_register, store_context_upsert, store_task_claim, store_agent_upsert,
     store_worktree_upsert, store_worktree_list;
 

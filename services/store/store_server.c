@@ -49,6 +49,8 @@ static const struct {
     {"events.since", false, false, store_events_since},
     {"system.register", true, false, store_system_register},
     {"context.upsert", true, false, store_context_upsert},
+    {"system.list", false, false, store_system_list},
+    {"context.list", false, false, store_context_list},
     {"task.claim", true, false, store_task_claim},
     {"task.result", true, false, store_task_result},
     {"task.progress", true, false, store_task_progress},
