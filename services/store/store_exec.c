@@ -351,3 +351,67 @@ store_context_list (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     sqlite3_finalize (stmt);
     return rows < 0 ? store_db_fail (self, err, "context.list") : 0;
 }
+
+int
+store_system_status (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
+{
+    static const char *const statuses[] = {"online", "offline", NULL};
+    const char *id = NULL, *status = NULL, *reason = NULL;
+    if (ccm_get_string (body, "system_id", true, 64, &id, err)
+        || ccm_get_enum (body, "status", true, statuses, &status, err)
+        || ccm_get_string (body, "reason", false, 512, &reason, err))
+        return -1;
+    //  Online refreshes last_seen (a heartbeat); offline keeps the last one.
+    sqlite3_stmt *stmt = store_db_prepare (
+        self->db, "UPDATE systems SET status = ?2, last_seen = CASE WHEN ?2 = 'online' THEN " S_NOW
+                  " ELSE last_seen END WHERE id = ?1");
+    if (!stmt)
+        return store_db_fail (self, err, "system.status");
+    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text (stmt, 2, status, -1, SQLITE_STATIC);
+    int rc = sqlite3_step (stmt);
+    sqlite3_finalize (stmt);
+    if (rc != SQLITE_DONE)
+        return store_db_fail (self, err, "system.status");
+    if (sqlite3_changes (self->db) == 0)
+        return ccm_fail (err, "not_found", "system_id", "system_id: no system '%s'", id);
+
+    //  The tasks a lost executor held go back to the queue for another
+    //  (their next assignment counts an attempt), or fail once out of them.
+    cJSON *requeued = cJSON_AddArrayToObject (reply, "requeued");
+    cJSON *failed = cJSON_AddArrayToObject (reply, "failed");
+    if (strcmp (status, "offline") != 0)
+        return 0;
+    stmt =
+        store_db_prepare (self->db, "SELECT id, attempts FROM tasks WHERE locked_by = ?"
+                                    " AND status IN ('assigned', 'executing') ORDER BY created_at");
+    if (!stmt)
+        return store_db_fail (self, err, "system.status");
+    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
+    cJSON *held = cJSON_CreateArray ();
+    while (sqlite3_step (stmt) == SQLITE_ROW) {
+        cJSON *task = cJSON_CreateObject ();
+        cJSON_AddStringToObject (task, "id", (const char *) sqlite3_column_text (stmt, 0));
+        cJSON_AddNumberToObject (task, "attempts", sqlite3_column_int (stmt, 1));
+        cJSON_AddItemToArray (held, task);
+    }
+    sqlite3_finalize (stmt);
+    char why[600];
+    snprintf (why, sizeof why, "its executor went offline%s%s", reason ? ": " : "",
+              reason ? reason : "");
+    rc = 0;
+    cJSON *task;
+    cJSON_ArrayForEach (task, held)
+    {
+        const char *task_id = cJSON_GetStringValue (cJSON_GetObjectItem (task, "id"));
+        bool spent =
+            cJSON_GetNumberValue (cJSON_GetObjectItem (task, "attempts")) >= self->max_attempts;
+        rc = store_task_move (self, task_id, spent ? "failed" : "queued", why, NULL, NULL, NULL,
+                              err);
+        if (rc)
+            break;
+        cJSON_AddItemToArray (spent ? failed : requeued, cJSON_CreateString (task_id));
+    }
+    cJSON_Delete (held);
+    return rc;
+}

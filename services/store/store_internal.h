@@ -97,11 +97,11 @@ int store_task_move (store_t *self, const char *id, const char *to, const char *
 store_handler_fn store_ping, store_stats;
 store_handler_fn store_project_add, store_project_list;
 store_handler_fn store_task_add, store_task_get, store_task_list, store_task_transition,
-    store_task_cancel, store_task_result, store_task_progress, store_task_depend;
+    store_task_cancel, store_task_result, store_task_progress, store_task_depend, store_task_reason;
 store_handler_fn store_hook_add, store_hook_list;
 store_handler_fn store_automation_add;
 store_handler_fn store_events_since;
-store_handler_fn store_system_list, store_context_list;
+store_handler_fn store_system_list, store_context_list, store_system_status;
 store_handler_fn store_system_register, store_context_upsert, store_task_claim, store_agent_upsert,
     store_worktree_upsert, store_worktree_list;
 

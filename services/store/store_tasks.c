@@ -265,6 +265,24 @@ store_task_move (store_t *self, const char *id, const char *to, const char *reas
     char why[256];
     if (store_fsm_check (from, to, attempts, self->max_attempts, why, sizeof why))
         return ccm_fail (err, "illegal_transition", "to", "%s", why);
+    //  Whoever assigns it (router, executor, a client), a task runs only
+    //  once every task it depends on is complete.
+    if (strcmp (to, "assigned") == 0) {
+        stmt = store_db_prepare (self->db,
+                                 "SELECT u.id, u.status FROM task_dependencies d JOIN tasks u"
+                                 " ON u.id = d.depends_on WHERE d.task_id = ?"
+                                 " AND u.status != 'complete' ORDER BY u.created_at LIMIT 1");
+        if (!stmt)
+            return store_db_fail (self, err, "task");
+        sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
+        if (sqlite3_step (stmt) == SQLITE_ROW) {
+            snprintf (why, sizeof why, "task %.8s waits for task %.8s (%s)", id,
+                      sqlite3_column_text (stmt, 0), sqlite3_column_text (stmt, 1));
+            sqlite3_finalize (stmt);
+            return ccm_fail (err, "illegal_transition", "to", "%s", why);
+        }
+        sqlite3_finalize (stmt);
+    }
 
     stmt = store_db_prepare (
         self->db, "UPDATE tasks SET status = ?2, status_reason = ?3,"
@@ -511,6 +529,48 @@ store_task_depend (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
         return store_db_fail (self, err, "task.depend");
     sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
     int rc = s_add_row (self, stmt, reply, "task", err);
+    sqlite3_finalize (stmt);
+    return rc;
+}
+
+int
+store_task_reason (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
+{
+    const char *ref = NULL, *reason = NULL;
+    char id[CCM_UUID_LEN + 1];
+    if (ccm_get_string (body, "task", true, 64, &ref, err)
+        || ccm_get_string (body, "reason", true, 512, &reason, err)
+        || s_resolve_task (self, "task", ref, id, err))
+        return -1;
+    //  Only a waiting task has a reason to show.
+    sqlite3_stmt *stmt = store_db_prepare (self->db, "SELECT status FROM tasks WHERE id = ?");
+    if (!stmt)
+        return store_db_fail (self, err, "task.reason");
+    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
+    char status[16] = "";
+    if (sqlite3_step (stmt) == SQLITE_ROW)
+        snprintf (status, sizeof status, "%s", sqlite3_column_text (stmt, 0));
+    sqlite3_finalize (stmt);
+    if (strcmp (status, "created") != 0 && strcmp (status, "queued") != 0)
+        return ccm_fail (err, "illegal_transition", "task",
+                         "task: %.8s is %s; only a waiting task takes a reason", id, status);
+    //  An unchanged reason is not written again, so a router may say it at
+    //  every pass without growing the event log.
+    stmt = store_db_prepare (self->db, "UPDATE tasks SET status_reason = ?2, updated_at = " S_NOW
+                                       " WHERE id = ?1 AND status_reason IS NOT ?2");
+    if (!stmt)
+        return store_db_fail (self, err, "task.reason");
+    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text (stmt, 2, reason, -1, SQLITE_STATIC);
+    int rc = sqlite3_step (stmt);
+    sqlite3_finalize (stmt);
+    if (rc != SQLITE_DONE)
+        return store_db_fail (self, err, "task.reason");
+    stmt = store_db_prepare (self->db, "SELECT " STORE_TASK_JSON " WHERE t.id = ?");
+    if (!stmt)
+        return store_db_fail (self, err, "task.reason");
+    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
+    rc = s_add_row (self, stmt, reply, "task", err);
     sqlite3_finalize (stmt);
     return rc;
 }

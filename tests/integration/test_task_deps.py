@@ -136,5 +136,100 @@ class DependenciesFromTheCli(ccmtest.StoreTestCase):
         self.assertEqual(self.store.scalar("SELECT count(*) FROM tasks"), tasks)
 
 
+class RouterVerbs(ccmtest.StoreTestCase):
+    """The store's side of routing: no path assigns a task before its
+    dependencies, a waiting task shows why, and a lost executor's tasks go
+    back to the queue (or fail once out of attempts)."""
+
+    def register(self, machine):
+        return self.store.ok("system.register", idem=idem(), hostname=f"host-{machine}",
+                             machine_id=machine, capacity=4)["system"]
+
+    def test_no_assignment_before_dependencies(self):
+        a = self.add_task("a")
+        b = self.add_task("b", depends_on=[a["id"]])
+        reply = self.store.call("task.transition", task=b["id"], to="assigned", locked_by="x")
+        self.assertError(reply, "illegal_transition", "to")
+        self.assertIn(f"waits for task {a['id'][:8]} (queued)", reply.message)
+        self.assertEqual(self.store.ok("task.get", task=b["id"])["task"]["status"], "queued")
+        for to in ("assigned", "executing", "complete"):
+            self.store.ok("task.transition", task=a["id"], to=to)
+        self.assertEqual(self.store.ok("task.transition", task=b["id"], to="assigned",
+                                       locked_by="x")["task"]["status"], "assigned")
+
+    def test_reason_of_a_waiting_task(self):
+        task = self.add_task("t")
+        said = self.store.ok("task.reason", idem=idem(), task=task["id"][:8],
+                             reason="no executor holds project web")["task"]
+        self.assertEqual(said["status_reason"], "no executor holds project web")
+        head = self.store.head()
+        self.store.ok("task.reason", idem=idem(), task=task["id"],
+                      reason="no executor holds project web")
+        self.assertEqual(self.store.head(), head, "an unchanged reason writes nothing")
+        self.store.ok("task.reason", idem=idem(), task=task["id"], reason="all 2 candidates at capacity")
+        self.assertEqual([e["topic"] for e in self.store.replay(head)], ["task.updated"])
+        rc, out, err = self.store.run_cli("task", "show", task["id"][:8])
+        self.assertIn("status_reason  all 2 candidates at capacity\n", out)
+
+        self.assertError(self.store.call("task.reason", idem=idem(), task=task["id"]),
+                         "missing_field", "reason")
+        self.assertError(self.store.call("task.reason", idem=idem(), task=task["id"],
+                                         reason="x" * 513), "bad_field", "reason")
+        for to in ("assigned", "executing"):
+            self.store.ok("task.transition", task=task["id"], to=to)
+        self.assertError(self.store.call("task.reason", idem=idem(), task=task["id"],
+                                         reason="late"), "illegal_transition", "task")
+        self.assertEqual(self.store.ok("task.get", task=task["id"])["task"]["status_reason"],
+                         None, "the move to executing cleared it, and the late reason is refused")
+
+    def test_lost_executor(self):
+        lost, other = self.register("lost"), self.register("other")
+        self.store.ok("project.add", name="p", path="/srv/p")
+        fresh = self.add_task("fresh", project="p")
+        running = self.add_task("running", project="p")
+        spent = self.add_task("spent", project="p")
+        mine = self.add_task("other's", project="p")
+        # spent is on its third attempt already.
+        for _ in range(2):
+            self.store.ok("task.transition", task=spent["id"], to="assigned", locked_by=lost["id"])
+            self.store.ok("task.transition", task=spent["id"], to="queued")
+        for task, system in ((fresh, lost), (running, lost), (spent, lost), (mine, other)):
+            self.store.ok("task.transition", task=task["id"], to="assigned",
+                          locked_by=system["id"])
+        self.store.ok("task.transition", task=running["id"], to="executing")
+
+        seen = self.store.query("SELECT last_seen FROM systems WHERE id = ?", lost["id"])[0][0]
+        beat = self.store.ok("system.status", idem=idem(), system_id=lost["id"], status="online")
+        self.assertEqual((beat["requeued"], beat["failed"]), ([], []))
+        beat_seen = self.store.query("SELECT last_seen FROM systems WHERE id = ?",
+                                     lost["id"])[0][0]
+        self.assertGreaterEqual(beat_seen, seen, "a heartbeat refreshes last_seen")
+
+        gone = self.store.ok("system.status", idem=idem(), system_id=lost["id"], status="offline",
+                             reason="no heartbeat for 3 s")
+        self.assertEqual(sorted(gone["requeued"]), sorted([fresh["id"], running["id"]]))
+        self.assertEqual(gone["failed"], [spent["id"]])
+        rows = dict((r[0], r[1:]) for r in self.store.query(
+            "SELECT id, status, status_reason, locked_by, attempts FROM tasks"))
+        why = "its executor went offline: no heartbeat for 3 s"
+        self.assertEqual(rows[fresh["id"]], ("queued", why, None, 1))
+        self.assertEqual(rows[running["id"]], ("queued", why, None, 1))
+        self.assertEqual(rows[spent["id"]], ("failed", why, None, 3))
+        self.assertEqual(rows[mine["id"]][:3], ("assigned", None, other["id"]))
+        self.assertEqual(self.store.query("SELECT status, last_seen FROM systems WHERE id = ?",
+                                          lost["id"]), [("offline", beat_seen)],
+                         "offline keeps the last time it was seen")
+        # The other executor picks the requeued tasks up; this counts an attempt.
+        claimed = self.store.ok("task.claim", idem=idem(), system_id=other["id"], projects=["p"],
+                                limit=8)["tasks"]
+        self.assertEqual(sorted((t["id"], t["attempts"]) for t in claimed),
+                         sorted([(fresh["id"], 2), (running["id"], 2)]))
+
+        self.assertError(self.store.call("system.status", idem=idem(), system_id="nope",
+                                         status="offline"), "not_found", "system_id")
+        self.assertError(self.store.call("system.status", idem=idem(), system_id=lost["id"],
+                                         status="asleep"), "bad_field", "status")
+
+
 if __name__ == "__main__":
     ccmtest.main()
