@@ -206,6 +206,18 @@ exec_git_branch (const char *repo)
     return out;
 }
 
+int
+exec_git_behind (const char *repo)
+{
+    char *out = NULL;
+    int behind = -1;
+    if (s_git_stdout (repo, &out, (char *[]){"rev-list", "--count", "HEAD..@{upstream}", NULL}) == 0
+        && out && *ccm_proc_chomp (out))
+        behind = atoi (out);
+    free (out);
+    return behind;
+}
+
 cJSON *
 exec_git_changed (const char *worktree, const char *base)
 {

@@ -97,6 +97,10 @@ int exec_git_worktree (exec_t *self, const char *project, const char *repo, cons
 //  The branch checked out in repo (caller frees), or NULL (detached, or not a repo).
 char *exec_git_branch (const char *repo);
 
+//  How many commits HEAD is behind its upstream (as last fetched), or -1
+//  when the branch has no upstream or repo is not a repository.
+int exec_git_behind (const char *repo);
+
 //  Returns the files changed in worktree against base, committed or not, as
 //  a JSON array (caller owns).
 cJSON *exec_git_changed (const char *worktree, const char *base);

@@ -451,17 +451,27 @@ s_refresh_projects (exec_t *self)
         struct stat st;
         if (!path || !name || stat (path, &st))
             continue;  //  not on this machine
-        char marker[PATH_MAX + 8];
+        //  Cheap facts first: the repository, its branch, its last fetch
+        //  (git's FETCH_HEAD, written by every fetch and pull).
+        char marker[PATH_MAX + 24];
         snprintf (marker, sizeof marker, "%s/.git", path);
-        const char *status = stat (marker, &st) == 0 ? "active" : "error";
-        char *branch = exec_git_branch (path);
-        char *seen = zsys_sprintf ("%s\t%s\t%s", status, branch ? branch : "", path);
+        bool repo = stat (marker, &st) == 0;
+        snprintf (marker, sizeof marker, "%s/.git/FETCH_HEAD", path);
+        time_t fetched = stat (marker, &st) == 0 ? st.st_mtime : 0;
+        char *branch = repo ? exec_git_branch (path) : NULL;
+        char *seen = zsys_sprintf ("%d\t%s\t%s\t%lld", repo, branch ? branch : "", path,
+                                   (long long) fetched);
         const char *last = zhashx_lookup (self->contexts, name);
         if (!verify && last && strcmp (last, seen) == 0) {
             zstr_free (&seen);
             free (branch);
             continue;
         }
+        //  Then what costs a git run: how far the branch is behind its
+        //  upstream, as last fetched. Behind is stale: routed to only when
+        //  nothing fresher fits. No repository is an error.
+        int behind = branch ? exec_git_behind (path) : -1;
+        const char *status = !repo ? "error" : behind > 0 ? "stale" : "active";
         cJSON *body = cJSON_CreateObject ();
         cJSON_AddStringToObject (body, "system_id", self->system_id);
         cJSON_AddStringToObject (body, "project_name", name);
@@ -474,6 +484,15 @@ s_refresh_projects (exec_t *self)
         char when[25];
         ccm_now_iso (when);
         cJSON_AddStringToObject (body, "last_verified", when);
+        if (fetched) {
+            struct tm tm;
+            gmtime_r (&fetched, &tm);
+            strftime (when, sizeof when, "%Y-%m-%dT%H:%M:%S.000Z", &tm);
+            cJSON_AddStringToObject (body, "last_pulled", when);
+        }
+        cJSON *metadata = cJSON_AddObjectToObject (body, "metadata");
+        if (behind >= 0)
+            cJSON_AddNumberToObject (metadata, "behind", behind);
         cJSON *reply = s_call (self, "context.upsert", body, true);
         if (reply)
             zhashx_update (self->contexts, name, seen);

@@ -11,6 +11,7 @@ Every wait is bounded. The executor and ccm's tmux server are always ended
 in cleanup (before the harness looks for leftover processes).
 """
 
+import datetime
 import json
 import os
 import re
@@ -757,6 +758,50 @@ class TestRegistration(ExecutorTestCase):
         wait_for("the new branch in the context", lambda: self.home.query(
             "SELECT 1 FROM contexts WHERE project_name = ? AND repo_branch = 'feature'",
             self.PROJECT), timeout=10)
+
+    def test_context_freshness(self):
+        """A context behind its upstream (as last fetched) is stale, with how
+        far behind; last_pulled is the time of the last fetch; a fetch that
+        catches up makes it active again."""
+        upstream = self.make_repo("upstream")
+        clone = os.path.join(self.home.path, "repos", "clone")
+        git(self.home.path, "clone", "-q", upstream, clone)
+        self.add_project(self.PROJECT, clone)
+        self.start_executor()
+
+        def context():
+            rows = self.home.query("SELECT status, repo_branch, last_pulled, metadata"
+                                   " FROM contexts WHERE project_name = ?", self.PROJECT)
+            return rows[0] if rows else None
+        first = wait_for("the context", context, timeout=10)
+        self.assertEqual(first[:3], ("active", "main", None), "never fetched: no last_pulled")
+        self.assertEqual(json.loads(first[3]), {"behind": 0})
+
+        # Upstream moves on by two commits; the clone fetches but does not merge.
+        for n in (1, 2):
+            with open(os.path.join(upstream, f"new{n}.txt"), "w") as f:
+                f.write("news\n")
+            git(upstream, "add", ".")
+            git(upstream, "commit", "-q", "-m", f"news {n}")
+        before = time.time()
+        git(clone, "fetch", "-q")
+        stale = wait_for("the stale context", lambda: (c := context()) and c[0] == "stale" and c,
+                         timeout=10)
+        self.assertEqual(json.loads(stale[3]), {"behind": 2})
+        pulled = datetime.datetime.strptime(stale[2], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=datetime.timezone.utc).timestamp()
+        self.assertLess(abs(pulled - before), 5, "last_pulled is the fetch's time")
+
+        git(clone, "merge", "-q", "--ff-only", "origin/main")
+        git(clone, "fetch", "-q")  # a fetch is what makes the executor look again
+        fresh = wait_for("the active context", lambda: (c := context()) and c[0] == "active" and c,
+                         timeout=10)
+        self.assertEqual(json.loads(fresh[3]), {"behind": 0})
+        rows = self.home.query("SELECT id FROM systems WHERE machine_id = ?", self.machine_id)
+        rc, out, err = self.home.run_cli("contexts", "--system", rows[0][0])
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(out.splitlines()[1].split()[:4], [self.PROJECT, os.uname().nodename[:20],
+                                                           "active", "main"])
 
 
 class TestBadInput(ExecutorTestCase):
