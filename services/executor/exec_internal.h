@@ -61,6 +61,11 @@ typedef struct {
     int64_t contexts_verified_ms;  //  when every context was last recorded
     cJSON *profiles;               //  user profiles from executor.profiles_file
     char *claude_settings;         //  Claude Code settings that run ccm-hook, or NULL
+    //  With executor.dispatch "router": the router gives the tasks.
+    zsock_t *router;          //  DEALER to router.endpoint, or NULL (direct claim)
+    int64_t router_beat_ms;   //  heartbeat interval
+    int64_t router_heard_ms;  //  last message from the router
+    int64_t router_sent_ms;   //  last heartbeat sent
 } exec_t;
 
 //  exec_profile: built-in profiles and the user's.

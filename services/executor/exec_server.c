@@ -427,6 +427,21 @@ s_start (exec_t *self, cJSON *task)
               agent->window, agent->worktree);
 }
 
+//  Whether this executor holds the project: every one present here, or
+//  only those executor.projects names.
+static bool
+s_holds (exec_t *self, const char *name)
+{
+    const char *list = ccm_config_str (self->config, "executor.projects");
+    if (!*list)
+        return true;
+    size_t len = strlen (name);
+    for (const char *at = list; at && *at; at = strchr (at, ',') ? strchr (at, ',') + 1 : NULL)
+        if (strncmp (at, name, len) == 0 && (at[len] == ',' || at[len] == '\0'))
+            return true;
+    return false;
+}
+
 //  Refreshes the store's project list and records the contexts held here.
 static void
 s_refresh_projects (exec_t *self)
@@ -451,6 +466,8 @@ s_refresh_projects (exec_t *self)
         struct stat st;
         if (!path || !name || stat (path, &st))
             continue;  //  not on this machine
+        if (!s_holds (self, name))
+            continue;  //  present, but left to other executors
         //  Cheap facts first: the repository, its branch, its last fetch
         //  (git's FETCH_HEAD, written by every fetch and pull).
         char marker[PATH_MAX + 24];
@@ -518,7 +535,7 @@ s_claim (exec_t *self)
     //  every machine's contexts) will replace this direct claim.
     cJSON_ArrayForEach (project, self->projects)
     {
-        if (s_str (project, "path"))
+        if (s_str (project, "path") && s_holds (self, s_str (project, "name")))
             cJSON_AddItemToArray (names, cJSON_CreateString (s_str (project, "name")));
     }
     cJSON_AddNumberToObject (body, "limit", free_slots);
@@ -897,6 +914,90 @@ s_load_profiles (const char *path, char **error)
     return json;
 }
 
+//  --------------------------------------------------------------------------
+//  Dispatch by the router (executor.dispatch "router")
+
+static void
+s_router_connect (exec_t *self)
+{
+    zsock_destroy (&self->router);
+    self->router = ccm_bus_dealer_connect (ccm_config_str (self->config, "router.endpoint"));
+    self->router_heard_ms = ccm_mono_ms ();
+    self->router_sent_ms = 0;
+}
+
+//  Tells the router this executor is alive and what it runs; its load is
+//  how many there are. The first one registers it.
+static void
+s_router_beat (exec_t *self)
+{
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddNumberToObject (body, "v", 1);
+    cJSON_AddStringToObject (body, "system_id", self->system_id);
+    cJSON *running = cJSON_AddArrayToObject (body, "running");
+    for (int i = 0; i < self->nagents; i++)
+        cJSON_AddItemToArray (running, cJSON_CreateString (self->agents[i]->task_id));
+    char *text = cJSON_PrintUnformatted (body);
+    cJSON_Delete (body);
+    zmsg_t *msg = zmsg_new ();
+    zmsg_addstr (msg, "HEARTBEAT");
+    zmsg_addstr (msg, text);
+    free (text);
+    if (zmsg_send (&msg, self->router))
+        zmsg_destroy (&msg);
+    self->router_sent_ms = ccm_mono_ms ();
+}
+
+//  Runs the task the router sent, once the store confirms it is ours.
+static void
+s_router_run (exec_t *self, const char *task_id)
+{
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "task", task_id);
+    cJSON *reply = s_call (self, "task.get", body, false);
+    cJSON *task = cJSON_GetObjectItemCaseSensitive (reply, "task");
+    const char *status = s_str (task, "status"), *locked_by = s_str (task, "locked_by");
+    if (task && status && strcmp (status, "assigned") == 0 && locked_by
+        && strcmp (locked_by, self->system_id) == 0)
+        s_start (self, task);
+    else
+        ccm_warn ("the router sent task %.8s, which is %s for %s; not started", task_id,
+                  status ? status : "unknown", locked_by ? locked_by : "nobody");
+    cJSON_Delete (reply);
+}
+
+//  Takes what the router sent; reconnects if it has been silent too long;
+//  beats when due.
+static void
+s_router_poll (exec_t *self)
+{
+    while (zsock_events (self->router) & ZMQ_POLLIN) {
+        zmsg_t *msg = zmsg_recv (self->router);
+        char *verb = msg ? zmsg_popstr (msg) : NULL;
+        char *text = msg ? zmsg_popstr (msg) : NULL;
+        cJSON *body = text ? cJSON_Parse (text) : NULL;
+        self->router_heard_ms = ccm_mono_ms ();
+        const char *task_id = cJSON_GetStringValue (cJSON_GetObjectItem (body, "task_id"));
+        if (verb && strcmp (verb, "RUN") == 0 && task_id && ccm_uuid_valid (task_id))
+            s_router_run (self, task_id);
+        else if (!verb || strcmp (verb, "HEARTBEAT") != 0)
+            ccm_warn ("a malformed message from the router; ignored");
+        cJSON_Delete (body);
+        zstr_free (&text);
+        zstr_free (&verb);
+        zmsg_destroy (&msg);
+    }
+    int64_t now = ccm_mono_ms ();
+    int64_t liveness = ccm_config_int (self->config, "router.liveness");
+    if (now - self->router_heard_ms > self->router_beat_ms * liveness) {
+        ccm_warn ("no word from the router in %lld ms; reconnecting",
+                  (long long) (now - self->router_heard_ms));
+        s_router_connect (self);
+    }
+    if (now - self->router_sent_ms >= self->router_beat_ms)
+        s_router_beat (self);
+}
+
 int
 exec_main (ccm_config_t *config)
 {
@@ -942,12 +1043,23 @@ exec_main (ccm_config_t *config)
         zsock_set_subscribe (events, "agents.updated");
     }
     int64_t poll_ms = ccm_config_int (config, "executor.poll_ms");
+    if (strcmp (ccm_config_str (config, "executor.dispatch"), "router") == 0) {
+        self.router_beat_ms = ccm_config_int (config, "router.heartbeat_ms");
+        if (self.router_beat_ms < 10)
+            self.router_beat_ms = 10;
+        if (poll_ms > self.router_beat_ms)
+            poll_ms = self.router_beat_ms;
+        s_router_connect (&self);
+        ccm_info ("tasks come from the router at %s", ccm_config_str (config, "router.endpoint"));
+    }
     int64_t next_refresh = ccm_mono_ms () + 2000, next_check = 0;
     while (!zsys_interrupted) {
         bool woken = false, projects_changed = false;
         if (events) {
-            zmq_pollitem_t item = {zsock_resolve (events), 0, ZMQ_POLLIN, 0};
-            if (zmq_poll (&item, 1, (long) poll_ms) > 0) {
+            zmq_pollitem_t items[2] = {
+                {zsock_resolve (events), 0, ZMQ_POLLIN, 0},
+                {self.router ? zsock_resolve (self.router) : NULL, 0, ZMQ_POLLIN, 0}};
+            if (zmq_poll (items, self.router ? 2 : 1, (long) poll_ms) > 0) {
                 //  Drain whatever arrived; the content matters less than the wake-up.
                 while (zsock_events (events) & ZMQ_POLLIN) {
                     zmsg_t *msg = zmsg_recv (events);
@@ -977,9 +1089,13 @@ exec_main (ccm_config_t *config)
             s_refresh_projects (&self);
             next_refresh = now + 2000;
         }
-        s_claim (&self);
+        if (self.router)
+            s_router_poll (&self);
+        else
+            s_claim (&self);
     }
     zsock_destroy (&events);
+    zsock_destroy (&self.router);
     //  Agents keep running in tmux; a restarted executor adopts them.
     ccm_info ("stopping; %d agent(s) left running in tmux", self.nagents);
     for (int i = 0; i < self.nagents; i++)
