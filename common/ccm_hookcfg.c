@@ -114,8 +114,9 @@ s_is_ours (cJSON *hook)
     return command && (strstr (command, "/ccm-hook'") || strncmp (command, "ccm-hook ", 9) == 0);
 }
 
-//  Removes ccm's hook entries from settings; drops what becomes empty.
-//  Returns how many were removed.
+//  Removes ccm's hook entries from settings, and the groups, events and
+//  "hooks" that this leaves empty; empty ones of the user's stay as they
+//  are. Returns how many entries were removed.
 static int
 s_remove_ours (cJSON *settings)
 {
@@ -127,27 +128,71 @@ s_remove_ours (cJSON *settings)
         next_event = event->next;
         if (!cJSON_IsArray (event))
             continue;
+        int removed_here = 0;
         for (cJSON *group = event->child, *next_group; group; group = next_group) {
             next_group = group->next;
             cJSON *list = cJSON_GetObjectItemCaseSensitive (group, "hooks");
             if (!cJSON_IsArray (list))
                 continue;
+            int removed_from_group = 0;
             for (cJSON *hook = list->child, *next_hook; hook; hook = next_hook) {
                 next_hook = hook->next;
                 if (s_is_ours (hook)) {
                     cJSON_Delete (cJSON_DetachItemViaPointer (list, hook));
-                    removed++;
+                    removed_from_group++;
                 }
             }
-            if (cJSON_GetArraySize (list) == 0)
+            if (removed_from_group && cJSON_GetArraySize (list) == 0)
+                cJSON_Delete (cJSON_DetachItemViaPointer (event, group));
+            removed_here += removed_from_group;
+        }
+        if (removed_here && cJSON_GetArraySize (event) == 0)
+            cJSON_Delete (cJSON_DetachItemViaPointer (hooks, event));
+        removed += removed_here;
+    }
+    if (removed && cJSON_GetArraySize (hooks) == 0)
+        cJSON_DeleteItemFromObjectCaseSensitive (settings, "hooks");
+    return removed;
+}
+
+//  Drops the empty hook containers of settings (groups without hooks,
+//  events without groups, an empty "hooks"), which mean nothing to Claude
+//  Code. Two settings that differ only in those are the same settings.
+static void
+s_prune_empty (cJSON *settings)
+{
+    cJSON *hooks = cJSON_GetObjectItemCaseSensitive (settings, "hooks");
+    if (!cJSON_IsObject (hooks))
+        return;
+    for (cJSON *event = hooks->child, *next_event; event; event = next_event) {
+        next_event = event->next;
+        if (!cJSON_IsArray (event))
+            continue;
+        for (cJSON *group = event->child, *next_group; group; group = next_group) {
+            next_group = group->next;
+            cJSON *list = cJSON_GetObjectItemCaseSensitive (group, "hooks");
+            if (cJSON_IsArray (list) && cJSON_GetArraySize (list) == 0)
                 cJSON_Delete (cJSON_DetachItemViaPointer (event, group));
         }
         if (cJSON_GetArraySize (event) == 0)
             cJSON_Delete (cJSON_DetachItemViaPointer (hooks, event));
     }
-    if (removed && cJSON_GetArraySize (hooks) == 0)
+    if (cJSON_GetArraySize (hooks) == 0)
         cJSON_DeleteItemFromObjectCaseSensitive (settings, "hooks");
-    return removed;
+}
+
+//  True if a and b are the same settings, empty hook containers aside.
+static bool
+s_same_settings (cJSON *a, cJSON *b)
+{
+    cJSON *a_copy = cJSON_Duplicate (a, true);
+    cJSON *b_copy = cJSON_Duplicate (b, true);
+    s_prune_empty (a_copy);
+    s_prune_empty (b_copy);
+    bool same = a_copy && b_copy && cJSON_Compare (a_copy, b_copy, true);
+    cJSON_Delete (a_copy);
+    cJSON_Delete (b_copy);
+    return same;
 }
 
 static void
@@ -252,8 +297,16 @@ ccm_hookcfg_install (const char *path, const char *command, int timeout_s, char 
     if (!same) {
         char *backup = s_backup_path (path);
         struct stat st;
+        //  A file holding nothing but ccm's entries is one ccm created (a
+        //  user's file is backed up by the first install): it is not the
+        //  user's original, and uninstall removes it. No marker is needed,
+        //  and none is left beside the file.
+        cJSON *users = cJSON_Duplicate (settings, true);
+        s_remove_ours (users);
+        bool only_ours = users && cJSON_GetArraySize (users) == 0 && cJSON_GetArraySize (settings);
+        cJSON_Delete (users);
         //  The user's file as it was before ccm first touched it.
-        if (backup && text && stat (backup, &st) != 0 && s_mkdirs (path) == 0)
+        if (backup && text && !only_ours && stat (backup, &st) != 0 && s_mkdirs (path) == 0)
             rc = s_write (backup, text, error);
         free (backup);
         char *out = rc == 0 ? s_print (wanted) : NULL;
@@ -290,7 +343,11 @@ ccm_hookcfg_uninstall (const char *path, char **error)
         s_read (backup, &original, &ignored);
         free (ignored);
         cJSON *before = original ? cJSON_Parse (original) : NULL;
-        if (before && cJSON_Compare (before, settings, true))
+        //  Taking ccm's entries out drops the containers that leaves empty,
+        //  so a user's "hooks": {} (or "Stop": []) is not in settings any
+        //  more: compare without empty containers, or such a file would
+        //  never get its own bytes back.
+        if (before && s_same_settings (before, settings))
             rc = s_write (path, original, error);  //  the user's own bytes
         else if (!original && cJSON_GetArraySize (settings) == 0)
             rc = unlink (path) ? s_fail (error, "cannot remove %s: %s", path, strerror (errno))

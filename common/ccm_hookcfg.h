@@ -5,7 +5,9 @@
     whose command runs a ccm-hook binary; everything else in the file is the
     user's and is kept. The first install saves the file's original bytes
     next to it (<file>.ccm-orig); an uninstall that leaves the same JSON as
-    that original puts the original bytes back.                             */
+    that original (empty hook containers aside) puts the original bytes
+    back. A file that holds nothing but ccm's entries is ccm's own: it is
+    never saved as an original, and uninstall removes it.                   */
 
 #ifndef CCM_HOOKCFG_H_INCLUDED
 #define CCM_HOOKCFG_H_INCLUDED

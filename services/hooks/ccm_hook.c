@@ -50,6 +50,7 @@ typedef struct {
     size_t original_len;  //  > body_len when the event was cut
     char uid[33];
     int64_t ts_ms;
+    char event[64];  //  hook_event_name, if found: which decision shape the CLI reads
 } hook_t;
 
 static int64_t
@@ -134,20 +135,47 @@ s_build_head (hook_t *self)
     }
 }
 
-//  True if the event may wait for a policy decision (a cheap look: the
-//  ingester decides; this only sets how long to wait for it).
+//  Finds the event's hook_event_name (Claude Code, Gemini CLI) with a cheap
+//  look rather than a JSON parser: the first "hook_event_name" key with a
+//  string value. The CLIs write it before tool_input, and inside a string
+//  its quotes would be escaped. Leaves self->event empty if there is none.
+static void
+s_find_event (hook_t *self)
+{
+    static const char key[] = "\"hook_event_name\"";
+    self->event[0] = 0;
+    if (!self->body)
+        return;
+    const char *end = self->body + self->body_len;
+    for (const char *p = self->body; p < end; p += sizeof key - 1) {
+        p = memmem (p, (size_t) (end - p), key, sizeof key - 1);
+        if (!p)
+            return;
+        const char *q = p + sizeof key - 1;
+        while (q < end && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r'))
+            q++;
+        if (q == end || *q != ':')
+            continue;  //  a value, not the key
+        for (q++; q < end && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r'); q++)
+            ;
+        if (q == end || *q != '"')
+            return;
+        size_t n = 0;
+        for (q++; q < end && *q != '"' && *q != '\\' && n + 1 < sizeof self->event; q++)
+            self->event[n++] = *q;
+        //  Event names are plain words: anything else is no name we decide on.
+        self->event[q < end && *q == '"' ? n : 0] = 0;
+        return;
+    }
+}
+
+//  True if the event is a decision point: one that may wait for a policy
+//  decision, and that failing closed denies.
 static bool
 s_wants_decision (hook_t *self)
 {
-    if (!self->body || self->body_len == 0)
-        return false;
-    char saved = self->body[self->body_len - 1];
-    self->body[self->body_len - 1] = 0;
-    bool wants = strstr (self->body, "\"PreToolUse\"")
-                 || strstr (self->body, "\"PermissionRequest\"")
-                 || strstr (self->body, "\"BeforeTool\"");
-    self->body[self->body_len - 1] = saved;
-    return wants;
+    return strcmp (self->event, "PreToolUse") == 0 || strcmp (self->event, "PermissionRequest") == 0
+           || strcmp (self->event, "BeforeTool") == 0;
 }
 
 //  Writes all of iov within the deadline. Returns 0 or -1.
@@ -289,10 +317,21 @@ s_deny_unreachable (hook_t *self)
         if (strncmp (mode, "closed", 6) != 0)
             return;
     }
-    const char *decision =
-        "{\"hookSpecificOutput\":{\"hookEventName\":\"PreToolUse\",\"permissionDecision\":"
-        "\"deny\",\"permissionDecisionReason\":\"ccm: the policy service is unreachable and "
-        "policies fail closed\"}}\n";
+    //  The same shapes as the ingester's decisions (hooks_policy.c): each CLI
+    //  reads its own, and one for another event is no valid answer.
+#define S_UNREACHABLE "ccm: the policy service is unreachable and policies fail closed"
+    const char *decision;
+    if (strcmp (self->event, "PermissionRequest") == 0)
+        decision = "{\"hookSpecificOutput\":{\"hookEventName\":\"PermissionRequest\","
+                   "\"decision\":{\"behavior\":\"deny\",\"message\":\"" S_UNREACHABLE "\"}}}\n";
+    else if (strcmp (self->event, "BeforeTool") == 0)
+        //  Gemini CLI (geminicli.com/docs/hooks/reference, BeforeTool).
+        decision = "{\"decision\":\"deny\",\"reason\":\"" S_UNREACHABLE "\"}\n";
+    else
+        decision = "{\"hookSpecificOutput\":{\"hookEventName\":\"PreToolUse\","
+                   "\"permissionDecision\":\"deny\",\"permissionDecisionReason\":\"" S_UNREACHABLE
+                   "\"}}\n";
+#undef S_UNREACHABLE
     if (write (STDOUT_FILENO, decision, strlen (decision)) < 0) {
         //  The CLI went away.
     }
@@ -341,6 +380,7 @@ main (int argc, char **argv)
     }
     else
         s_read_stdin (&self);
+    s_find_event (&self);
     s_build_head (&self);
     unsigned char prefix[HOOK_PREFIX_LEN];
     memcpy (prefix, HOOK_MAGIC, 4);

@@ -81,7 +81,9 @@ typedef struct {
 struct hooks_auto_t {
     s_rule_t *rules;
     int count;
-    time_t mtime;
+    hooks_stamp_t loaded;  //  the version of the file the rules came from
+    hooks_stamp_t failed;  //  the last broken version, reported once
+    bool checked;          //  loaded is set: the file was read once
     zactor_t *actor;
 };
 
@@ -98,10 +100,10 @@ s_rules_free (s_rule_t *rules, int count)
     free (rules);
 }
 
-//  Loads the rules at path into self; a broken file is reported and the
-//  rules in force are kept. Returns 0 or -1.
+//  Loads the rules at path into self; a broken file is reported (if report)
+//  and the rules in force are kept. Returns 0 or -1.
 static int
-s_load (hooks_auto_t *self, const char *path)
+s_load (hooks_auto_t *self, const char *path, bool report)
 {
     FILE *file = fopen (path, "rb");
     if (!file) {
@@ -120,7 +122,8 @@ s_load (hooks_auto_t *self, const char *path)
     free (text);
     cJSON *list = cJSON_GetObjectItemCaseSensitive (json, "automations");
     if (!cJSON_IsArray (list)) {
-        ccm_error ("%s: needs {\"automations\": [...]}; automations not changed", path);
+        if (report)
+            ccm_error ("%s: needs {\"automations\": [...]}; automations not changed", path);
         cJSON_Delete (json);
         return -1;
     }
@@ -139,9 +142,11 @@ s_load (hooks_auto_t *self, const char *path)
         for (int k = 0; k < 3; k++)
             found += cJSON_GetObjectItemCaseSensitive (action, kinds[k]) != NULL;
         if (!cJSON_IsObject (on) || found != 1) {
-            ccm_error ("%s: automation '%s' needs \"on\": {...} and \"do\" with one of webhook, "
-                       "command, task; automations not changed",
-                       path, rule->name);
+            if (report)
+                ccm_error (
+                    "%s: automation '%s' needs \"on\": {...} and \"do\" with one of webhook, "
+                    "command, task; automations not changed",
+                    path, rule->name);
             rc = -1;
             break;
         }
@@ -152,9 +157,10 @@ s_load (hooks_auto_t *self, const char *path)
             if (!pattern)
                 continue;
             if (regcomp (&rule->match[f], pattern, REG_EXTENDED | REG_NOSUB)) {
-                ccm_error ("%s: automation '%s': bad regular expression for %s; automations "
-                           "not changed",
-                           path, rule->name, s_fields[f]);
+                if (report)
+                    ccm_error ("%s: automation '%s': bad regular expression for %s; automations "
+                               "not changed",
+                               path, rule->name, s_fields[f]);
                 rc = -1;
             }
             else
@@ -178,12 +184,21 @@ s_load (hooks_auto_t *self, const char *path)
 void
 hooks_auto_refresh (hooks_auto_t *self, const char *path)
 {
-    struct stat st;
-    time_t mtime = stat (path, &st) == 0 ? st.st_mtime : 0;
-    if (mtime != self->mtime) {
-        self->mtime = mtime;
-        s_load (self, path);
+    //  The whole stamp, not the mtime's seconds: a second save within the
+    //  same second, or a rename-over, is a new version too.
+    hooks_stamp_t stamp = hooks_stamp (path);
+    if (self->checked && hooks_stamp_same (&stamp, &self->loaded))
+        return;
+    //  A file that does not parse may be half-written: its stamp is not
+    //  taken, so the next scan reads it again. Its error is logged once.
+    bool report = !hooks_stamp_same (&stamp, &self->failed);
+    if (s_load (self, path, report) == 0) {
+        self->loaded = stamp;
+        self->checked = true;
+        self->failed = (hooks_stamp_t){0};
     }
+    else
+        self->failed = stamp;
 }
 
 void
@@ -557,16 +572,15 @@ s_check (s_runner_t *self)
         else if (job->next_ms > 0 && !job->curl && now >= job->next_ms)
             s_start (self, job);
     }
-    //  Drop finished jobs.
-    s_job_t *job = zlistx_first (self->jobs);
-    while (job) {
-        s_job_t *next = zlistx_next (self->jobs);
+    //  Drop finished jobs. zlistx_detach_cur moves the cursor back to the
+    //  previous item, so zlistx_next then gives the item after the one
+    //  detached: each job is visited once, however many finish together.
+    //  (Taking `next` before a delete visits it twice: a double free.)
+    for (s_job_t *job = zlistx_first (self->jobs); job; job = zlistx_next (self->jobs))
         if (job->next_ms == -1 && !job->curl && job->pid == 0) {
-            zlistx_delete (self->jobs, zlistx_find (self->jobs, job));
+            zlistx_detach_cur (self->jobs);
             s_job_destroy (&job);
         }
-        job = next;
-    }
 }
 
 static void

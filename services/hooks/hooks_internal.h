@@ -20,6 +20,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
+#include <time.h>
 
 //  One record, parsed; pointers into the record's bytes.
 typedef struct {
@@ -60,6 +62,43 @@ cJSON *hooks_event_new (hooks_sessions_t *sessions, const hooks_record_t *record
 //  running, waiting, idle or exited.
 const char *hooks_event_state (cJSON *event);
 
+//  What tells one version of a config file from another: the whole mtime
+//  (a second save within the same second differs in nanoseconds), the size
+//  and the inode (a rename-over is a new inode). A missing file is all
+//  zeros. (Timestamps tick at the kernel's clock granularity, a few ms: two
+//  writes of the same size within one tick still look alike.)
+typedef struct {
+    bool exists;
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtim;
+} hooks_stamp_t;
+
+//  The stamp of the file at path now.
+static inline hooks_stamp_t
+hooks_stamp (const char *path)
+{
+    hooks_stamp_t stamp = {0};
+    struct stat st;
+    if (stat (path, &st) == 0) {
+        stamp.exists = true;
+        stamp.dev = st.st_dev;
+        stamp.ino = st.st_ino;
+        stamp.size = st.st_size;
+        stamp.mtim = st.st_mtim;
+    }
+    return stamp;
+}
+
+//  True if both stamps are of the same version of a file.
+static inline bool
+hooks_stamp_same (const hooks_stamp_t *a, const hooks_stamp_t *b)
+{
+    return a->exists == b->exists && a->dev == b->dev && a->ino == b->ino && a->size == b->size
+           && a->mtim.tv_sec == b->mtim.tv_sec && a->mtim.tv_nsec == b->mtim.tv_nsec;
+}
+
 //  Policies (hooks_policy.c): rules from a file, decisions for tool uses.
 typedef struct hooks_policy_t hooks_policy_t;
 
@@ -71,9 +110,11 @@ void hooks_policy_destroy (hooks_policy_t **self_p);
 //  True if policies fail closed: no decision possible means deny.
 bool hooks_policy_fail_closed (hooks_policy_t *self);
 
-//  For a PreToolUse or PermissionRequest event: the decision JSON to print
-//  for the CLI (caller frees), or NULL if no rule matched. On a match,
-//  *rule_name and *action (borrowed) and *reason (caller frees) are set.
+//  For a PreToolUse, PermissionRequest (Claude Code) or BeforeTool (Gemini
+//  CLI) event: the decision JSON to print for the CLI (caller frees), at
+//  most HOOK_REPLY_MAX bytes, or NULL if no rule matched or the CLI cannot
+//  be told the rule's action. On a match, *rule_name and *action (borrowed)
+//  and *reason (caller frees) are set.
 char *hooks_policy_decide (hooks_policy_t *self, cJSON *event, const char *worktree,
                            const char **rule_name, const char **action, char **reason);
 

@@ -12,7 +12,11 @@
     regular expression on the tool name), "command" (on a Bash command),
     "outside_worktree" (a file tool writing outside the task's worktree).
     The first matching rule decides: deny, allow or ask. No match, no
-    decision: the CLI's own permission rules apply.                         */
+    decision: the CLI's own permission rules apply.
+
+    Decision points: Claude Code's PreToolUse and PermissionRequest, and
+    Gemini CLI's BeforeTool (its tool names, e.g. "run_shell_command"; only
+    deny is printed for it, the one decision its hooks document).           */
 
 #include "hooks_internal.h"
 
@@ -233,6 +237,49 @@ s_outside (cJSON *payload, const char *worktree)
     return outside;
 }
 
+//  The decision JSON for the CLI (caller frees), or NULL if the event's CLI
+//  has no way to say action: ask on a permission dialog leaves it to the
+//  user, and Gemini CLI's BeforeTool documents only "deny" (an allow would
+//  be a guess at a contract; no output lets Gemini's own checks apply).
+static char *
+s_decision (const char *type, const char *action, const char *reason)
+{
+    bool deny = strcmp (action, "deny") == 0;
+    cJSON *out = cJSON_CreateObject ();
+    if (strcmp (type, "BeforeTool") == 0) {
+        //  Gemini CLI: {"decision": "deny", "reason": ...} on stdout, exit 0
+        //  (geminicli.com/docs/hooks/reference, BeforeTool).
+        if (!deny) {
+            cJSON_Delete (out);
+            return NULL;
+        }
+        cJSON_AddStringToObject (out, "decision", "deny");
+        cJSON_AddStringToObject (out, "reason", reason);
+    }
+    else if (strcmp (type, "PermissionRequest") == 0) {
+        //  The permission dialog: allow or deny it (ask: leave it to the user).
+        if (strcmp (action, "ask") == 0) {
+            cJSON_Delete (out);
+            return NULL;
+        }
+        cJSON *specific = cJSON_AddObjectToObject (out, "hookSpecificOutput");
+        cJSON_AddStringToObject (specific, "hookEventName", "PermissionRequest");
+        cJSON *decision = cJSON_AddObjectToObject (specific, "decision");
+        cJSON_AddStringToObject (decision, "behavior", action);
+        if (deny)
+            cJSON_AddStringToObject (decision, "message", reason);
+    }
+    else {
+        cJSON *specific = cJSON_AddObjectToObject (out, "hookSpecificOutput");
+        cJSON_AddStringToObject (specific, "hookEventName", "PreToolUse");
+        cJSON_AddStringToObject (specific, "permissionDecision", action);
+        cJSON_AddStringToObject (specific, "permissionDecisionReason", reason);
+    }
+    char *text = cJSON_PrintUnformatted (out);
+    cJSON_Delete (out);
+    return text;
+}
+
 char *
 hooks_policy_decide (hooks_policy_t *self, cJSON *event, const char *worktree,
                      const char **rule_name, const char **action, char **reason_out)
@@ -240,9 +287,10 @@ hooks_policy_decide (hooks_policy_t *self, cJSON *event, const char *worktree,
     *rule_name = *action = NULL;
     *reason_out = NULL;
     const char *type = cJSON_GetStringValue (cJSON_GetObjectItem (event, "hook_type"));
-    bool pre = type && strcmp (type, "PreToolUse") == 0;
-    bool permission = type && strcmp (type, "PermissionRequest") == 0;
-    if (!self || !(pre || permission))
+    bool decides = type
+                   && (strcmp (type, "PreToolUse") == 0 || strcmp (type, "PermissionRequest") == 0
+                       || strcmp (type, "BeforeTool") == 0);
+    if (!self || !decides)
         return NULL;
     cJSON *payload = cJSON_GetObjectItem (event, "event_data");
     const char *tool = cJSON_GetStringValue (cJSON_GetObjectItem (payload, "tool_name"));
@@ -264,27 +312,19 @@ hooks_policy_decide (hooks_policy_t *self, cJSON *event, const char *worktree,
         snprintf (reason, sizeof reason, "ccm policy '%.200s': %.380s", rule->name,
                   rule->reason ? rule->reason : "not allowed here");
         *reason_out = strdup (reason);
-        cJSON *out = cJSON_CreateObject ();
-        cJSON *specific = cJSON_AddObjectToObject (out, "hookSpecificOutput");
-        if (permission) {
-            //  The permission dialog: allow or deny it (ask: leave it to the user).
-            if (strcmp (rule->action, "ask") == 0) {
-                cJSON_Delete (out);
-                return NULL;
-            }
-            cJSON_AddStringToObject (specific, "hookEventName", "PermissionRequest");
-            cJSON *decision = cJSON_AddObjectToObject (specific, "decision");
-            cJSON_AddStringToObject (decision, "behavior", rule->action);
-            if (strcmp (rule->action, "deny") == 0)
-                cJSON_AddStringToObject (decision, "message", reason);
+        char *text = s_decision (type, rule->action, reason);
+        //  ccm-hook takes HOOK_REPLY_MAX bytes at most. The caps above keep a
+        //  decision far under it, but should one grow past it, a shorter
+        //  reason beats no decision: a deny must never turn into none.
+        size_t keep = strlen (reason);
+        while (text && strlen (text) > HOOK_REPLY_MAX && keep > 0) {
+            keep /= 2;
+            while (keep > 0 && (reason[keep] & 0xC0) == 0x80)
+                keep--;  //  not inside a UTF-8 character
+            reason[keep] = 0;
+            free (text);
+            text = s_decision (type, rule->action, reason);
         }
-        else {
-            cJSON_AddStringToObject (specific, "hookEventName", "PreToolUse");
-            cJSON_AddStringToObject (specific, "permissionDecision", rule->action);
-            cJSON_AddStringToObject (specific, "permissionDecisionReason", reason);
-        }
-        char *text = cJSON_PrintUnformatted (out);
-        cJSON_Delete (out);
         return text;
     }
     return NULL;

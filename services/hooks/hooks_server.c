@@ -20,6 +20,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -30,6 +31,7 @@
 #define S_CONN_MAX        1024  //  ccm-hook connections open at once
 #define S_SPOOL_SCAN_MS   1000  //  how often the spool is looked at
 #define S_RECV_TIMEOUT_MS 5000  //  a connection that sends nothing is closed
+#define S_REPLY_MS        100   //  the most a reply may wait for room in the socket
 
 typedef struct hooks_t hooks_t;
 
@@ -72,9 +74,12 @@ struct hooks_t {
     zlistx_t *audits;  //  automation.add requests still to send (s_request_t)
     hooks_policy_t *policy;
     hooks_auto_t *autos;
-    time_t policy_mtime;
-    zhashx_t *states;       //  agent_id -> "state\ttask" still to send
-    zhashx_t *sent_states;  //  agent_id -> the last state sent
+    hooks_stamp_t policy_loaded;  //  the version of policies.json in force
+    hooks_stamp_t policy_failed;  //  the last broken version, reported once
+    bool policy_checked;          //  policy_loaded is set
+    bool mode_written;            //  run/policy.mode is this run's
+    zhashx_t *states;             //  agent_id -> "state\ttask" still to send
+    zhashx_t *sent_states;        //  agent_id -> the last state sent
     int batch_max;
     size_t batch_bytes;  //  most bytes of events in one hook.add (under store.max_body)
     int64_t timeout_ms;
@@ -234,44 +239,81 @@ s_scan_spool (zloop_t *loop, int timer_id, void *arg)
 //  --------------------------------------------------------------------------
 //  Policies
 
+//  Writes run/policy.mode ("open" or "closed") for ccm-hook, which reads
+//  it only when it cannot reach us. Atomically (a temporary file, then
+//  rename): ccm-hook never reads half a word. Returns 0 or -1.
+static int
+s_policy_mode_write (hooks_t *self)
+{
+    const char *mode = hooks_policy_fail_closed (self->policy) ? "closed\n" : "open\n";
+    char path[PATH_MAX + 32], tmp[PATH_MAX + 48];
+    snprintf (path, sizeof path, "%s/run/policy.mode", ccm_config_home (self->config));
+    snprintf (tmp, sizeof tmp, "%s.tmp", path);
+    int fd = open (tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    size_t len = strlen (mode);
+    //  fchmod: a temporary file left by a crash may have another mode.
+    bool ok = fd >= 0 && write (fd, mode, len) == (ssize_t) len && fchmod (fd, 0600) == 0;
+    int saved = errno;
+    if (fd >= 0 && close (fd))
+        ok = false;
+    if (!ok || rename (tmp, path)) {
+        ccm_error ("cannot write %s: %s; while we are down, ccm-hook may use a stale mode", path,
+                   strerror (ok ? errno : saved));
+        unlink (tmp);
+        return -1;
+    }
+    self->mode_written = true;
+    return 0;
+}
+
 //  (Re)loads the policy file when it changed; a broken file keeps the rules
-//  in force. Writes run/policy.mode for ccm-hook, which reads it only when
-//  it cannot reach us.
+//  in force. policy.mode is written at start, whatever the file (a mode left
+//  by an earlier run may be stale), and whenever the rules in force change.
 static void
 s_policy_refresh (hooks_t *self)
 {
     const char *path = ccm_config_str (self->config, "hooks.policies");
-    struct stat st;
-    time_t mtime = stat (path, &st) == 0 ? st.st_mtime : 0;
-    if (self->policy_mtime == mtime && (mtime || !self->policy))
+    //  The whole stamp, not the mtime's seconds: a second save within the
+    //  same second, or a rename-over, is a new version too.
+    hooks_stamp_t stamp = hooks_stamp (path);
+    if (self->policy_checked && hooks_stamp_same (&stamp, &self->policy_loaded)) {
+        if (!self->mode_written)
+            s_policy_mode_write (self);  //  it failed before: try again
         return;
-    self->policy_mtime = mtime;
+    }
     char *error = NULL;
     hooks_policy_t *policy = hooks_policy_load (path, &error);
     if (error) {
-        ccm_error ("policies not changed: %s", error);
+        //  Maybe half-written: its stamp is not taken, so the next scan
+        //  reads it again. The error is logged once per version.
+        if (!hooks_stamp_same (&stamp, &self->policy_failed))
+            ccm_error ("policies not changed: %s", error);
+        self->policy_failed = stamp;
         free (error);
+        if (!self->mode_written)
+            s_policy_mode_write (self);
         return;
     }
-    hooks_policy_destroy (&self->policy);
-    self->policy = policy;
+    self->policy_loaded = stamp;
+    self->policy_checked = true;
+    self->policy_failed = (hooks_stamp_t){0};
     if (policy)
         ccm_info ("policies loaded from %s (fail %s)", path,
                   hooks_policy_fail_closed (policy) ? "closed" : "open");
-    char mode_path[PATH_MAX + 32];
-    snprintf (mode_path, sizeof mode_path, "%s/run/policy.mode", ccm_config_home (self->config));
-    FILE *file = fopen (mode_path, "w");
-    if (file) {
-        fputs (hooks_policy_fail_closed (policy) ? "closed\n" : "open\n", file);
-        fclose (file);
-    }
+    else if (self->policy)
+        ccm_info ("policies removed (no %s): no decisions, fail open", path);
+    hooks_policy_destroy (&self->policy);
+    self->policy = policy;
+    s_policy_mode_write (self);
 }
 
 //  The policy decision for a live event (text for ccm-hook to print, or
-//  NULL); each decision goes to the audit trail.
+//  NULL). A matching rule also gives *audit (caller owns), its audit row
+//  minus "delivered", which only the reply can tell.
 static char *
-s_decide (hooks_t *self, cJSON *event, const hooks_record_t *record)
+s_decide (hooks_t *self, cJSON *event, const hooks_record_t *record, s_request_t **audit_p)
 {
+    *audit_p = NULL;
     const char *rule = NULL, *action = NULL;
     char *reason = NULL;
     const char *worktree = record->worktree;
@@ -307,9 +349,8 @@ s_decide (hooks_t *self, cJSON *event, const hooks_record_t *record)
         if (input)
             cJSON_AddItemToObject (details, "tool_input", cJSON_Duplicate (input, true));
         cJSON_AddStringToObject (details, "reason", reason);
-        cJSON_AddBoolToObject (details, "delivered", decision != NULL);
         ccm_uuid (audit->idem);
-        zlistx_add_end (self->audits, audit);
+        *audit_p = audit;
         ccm_info ("policy '%s': %s %s (%s)", rule, action, tool ? tool : "?",
                   task ? task : "no task");
     }
@@ -334,20 +375,56 @@ s_conn_close (s_conn_t *conn)
     free (conn);
 }
 
-static void
+//  Sends the reply, a u32 length and text (NULL: no decision), whole: a
+//  decision is up to HOOK_REPLY_MAX bytes (hooks_policy_decide keeps it
+//  under). Returns true if all of it went out, the decision included.
+static bool
 s_reply (s_conn_t *conn, const char *text)
 {
     size_t len = text ? strlen (text) : 0;
-    unsigned char buffer[4 + 1024];
+    bool whole = len <= HOOK_REPLY_MAX;
+    if (!whole) {
+        //  Not expected; cut JSON would be worse than no decision.
+        ccm_error ("a decision of %zu bytes is over %d; answered with none", len, HOOK_REPLY_MAX);
+        len = 0;
+    }
+    unsigned char *buffer = malloc (4 + len);
+    if (!buffer) {
+        ccm_error ("out of memory; a decision was not sent");
+        return false;
+    }
     hook_put_u32 (buffer, (uint32_t) len);
-    if (len && len <= 1024)
+    if (len)
         memcpy (buffer + 4, text, len);
-    else
-        hook_put_u32 (buffer, 0);
-    //  A few bytes into an empty socket buffer: this does not block. A
+    //  The socket's buffer is empty and larger than any reply, so this does
+    //  not block in practice; if it is full, wait a little, not forever. A
     //  ccm-hook that gave up waiting has hung up: no SIGPIPE for that.
-    if (send (conn->fd, buffer, 4 + (len <= 1024 ? len : 0), MSG_NOSIGNAL) < 0)
-        ccm_debug ("ccm-hook went away before its ack");
+    size_t sent = 0;
+    int64_t deadline = ccm_mono_ms () + S_REPLY_MS;
+    while (sent < 4 + len) {
+        ssize_t n = send (conn->fd, buffer + sent, 4 + len - sent, MSG_NOSIGNAL);
+        if (n > 0) {
+            sent += (size_t) n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        int left = (int) (deadline - ccm_mono_ms ());
+        struct pollfd item = {conn->fd, POLLOUT, 0};
+        if (n < 0 && errno == EAGAIN && left > 0 && poll (&item, 1, left) > 0)
+            continue;
+        break;
+    }
+    free (buffer);
+    if (sent < 4 + len) {
+        if (len)
+            ccm_warn ("a decision was not delivered (%zu of %zu bytes sent: %s)", sent, 4 + len,
+                      strerror (errno));
+        else
+            ccm_debug ("ccm-hook went away before its ack");
+        return false;
+    }
+    return whole;
 }
 
 //  Reads what the connection has, up to its whole record, then journals,
@@ -397,10 +474,18 @@ s_conn_step (s_conn_t *conn)
     }
     self->journal_bytes += conn->len;
     hooks_record_t record;
+    s_request_t *audit = NULL;
     cJSON *event = s_take_record (self, conn->data, conn->len, "ccm-hook", &record);
-    char *decision = event ? s_decide (self, event, &record) : NULL;
+    char *decision = event ? s_decide (self, event, &record, &audit) : NULL;
     cJSON_Delete (event);
-    s_reply (conn, decision);
+    bool sent = s_reply (conn, decision);
+    if (audit) {
+        //  The audit says what the CLI got: a decision that never reached
+        //  ccm-hook is not delivered.
+        cJSON_AddBoolToObject (cJSON_GetObjectItem (audit->body, "details"), "delivered",
+                               decision && sent);
+        zlistx_add_end (self->audits, audit);
+    }
     free (decision);
     s_conn_close (conn);
     s_pump (self);

@@ -12,13 +12,14 @@ a webhook receives, the files a command writes, the tasks added, the
 settings.json bytes `ccm hooks` writes and restores.
 
 The ingester looks at policies.json and automations.json once a second and
-re-reads them when their mtime (whole seconds) changes. Tests that rewrite
-a file make sure its mtime is a different second (config_write); one test
-edits the file the way a user does, a second later.
+re-reads them when their stamp (mtime to the nanosecond, size, inode)
+changes. Tests that rewrite a file still give it a later second
+(config_write), so that no test depends on timestamp granularity; one test
+edits the file the way a user does, a second later, and
+test_bug_same_second_edit saves twice within one second.
 
-Tests named test_bug_* show bugs found while writing these tests; they are
-marked expectedFailure and say what is wrong. Once the bug is fixed they
-report an unexpected success: drop the marker then.
+Tests named test_bug_* guard against bugs found while writing these tests
+(now fixed); each docstring says what was wrong.
 """
 
 import http.server
@@ -83,8 +84,9 @@ def stop_event(session, cwd="/home/user/project"):
 
 def config_write(path, content):
     """Replaces path (a temporary file, then rename, as most editors do).
-    Its mtime is made a later whole second than the one it replaces: the
-    ingester compares st_mtime in seconds (see test_bug_same_second_edit)."""
+    Its mtime is made a later whole second than the one it replaces, so a
+    change never depends on timestamp granularity (the ingester compares
+    nanoseconds, size and inode: see test_bug_same_second_edit)."""
     try:
         old = os.stat(path).st_mtime
     except FileNotFoundError:
@@ -474,13 +476,13 @@ class TestPolicies(RulesTestCase):
 
     # ------------------------------------------------------------ bugs
 
-    @unittest.expectedFailure
     def test_bug_stale_policy_mode_after_policies_removed(self):
-        """BUG (hooks_server.c s_policy_refresh): policies.json removed while
-        the ingester was down. The next ingester starts with no policies but
-        returns early (mtime 0, no policy loaded) without rewriting
-        run/policy.mode, so it stays "closed" and ccm-hook keeps denying
-        every tool use whenever the ingester is unreachable."""
+        """Was a bug (hooks_server.c s_policy_refresh): policies.json removed
+        while the ingester was down. The next ingester started with no
+        policies but returned early without rewriting run/policy.mode, so it
+        stayed "closed" and ccm-hook kept denying every tool use whenever the
+        ingester was unreachable. Now every ingester writes the mode at start
+        (atomically, 0600)."""
         config_write(self.policies_path, {"fail": "closed", "rules": []})
         self.assertEqual(self.stop_ingester(self.start_ingester()), 0)
         os.unlink(self.policies_path)
@@ -492,14 +494,18 @@ class TestPolicies(RulesTestCase):
             mode = f.read()
         self.assertEqual((mode, out), ("open\n", b""),
                          "no policies any more, yet ccm-hook fails closed")
+        self.assertEqual(stat.S_IMODE(os.stat(self.mode_path).st_mode), 0o600)
+        self.assertEqual([n for n in os.listdir(os.path.dirname(self.mode_path))
+                          if n.startswith("policy.mode")], ["policy.mode"],
+                         "a temporary file was left in run/")
 
-    @unittest.expectedFailure
     def test_bug_same_second_edit(self):
-        """BUG (hooks_server.c s_policy_refresh, also hooks_auto.c
-        hooks_auto_refresh): a change is seen only if st_mtime changes in
-        whole seconds. A file saved again within the second of the version
+        """Was a bug (hooks_server.c s_policy_refresh, also hooks_auto.c
+        hooks_auto_refresh): a change was seen only if st_mtime changed in
+        whole seconds, so a file saved again within the second of the version
         the ingester read (an editor's second save, a script writing twice)
-        is never re-read: the old rules stay in force until the next edit."""
+        was never re-read. A broken (say half-written) save within that
+        second keeps the rules in force, and the next good one is taken."""
         second = int(time.time()) - 5
         config_write(self.policies_path, {"rules": [
             {"name": "v1", "tool": "^WebFetch$", "action": "deny"}]})
@@ -514,15 +520,30 @@ class TestPolicies(RulesTestCase):
         time.sleep(2.2)  # two scans
         self.assertEqual(self.run_hook(fetch, env), pre_decision("deny", "v2", "not allowed here"))
 
-    @unittest.expectedFailure
+        # Half a file, then the whole of it, in the same second.
+        v3 = json.dumps({"rules": [{"name": "v3", "tool": "^WebFetch$", "action": "deny"}]})
+        failed = self.log().count("policies not changed: ")
+        with open(self.policies_path, "w") as f:
+            f.write(v3[:20])
+        os.utime(self.policies_path, ns=(second * 10**9 + 800_000_000,) * 2)
+        self.wait_log("policies not changed: ", failed)
+        time.sleep(1.1)  # another scan: a broken version is reported once
+        self.assertEqual(self.log().count("policies not changed: "), failed + 1)
+        self.assertEqual(self.run_hook(fetch, env), pre_decision("deny", "v2", "not allowed here"))
+        with open(self.policies_path, "w") as f:
+            f.write(v3)
+        os.utime(self.policies_path, ns=(second * 10**9 + 800_000_000,) * 2)
+        time.sleep(2.2)
+        self.assertEqual(self.run_hook(fetch, env), pre_decision("deny", "v3", "not allowed here"))
+
     def test_bug_long_decision_is_dropped(self):
-        """BUG (hooks_server.c s_reply, low severity): a decision longer than
-        1024 bytes is answered as "no decision" (length 0), silently, though
-        ccm-hook takes up to HOOK_REPLY_MAX (64 KiB) and the audit row says
+        """Was a bug (hooks_server.c s_reply): a decision longer than 1024
+        bytes was answered as "no decision" (length 0), silently, though
+        ccm-hook takes up to HOOK_REPLY_MAX (64 KiB) and the audit row said
         it was delivered. hooks_policy.c caps the rule name at 200 bytes and
         the reason at 380 before JSON escaping, so only a long name with a
-        reason full of quotes or backslashes gets there; but then a deny
-        rule fails open."""
+        reason full of quotes or backslashes got there; but then a deny rule
+        failed open."""
         name = "no-rm-" + "x" * 160
         reason = 'a quoted path: ' + (chr(92) + '"') * 190  # backslash, quote: 4 bytes in JSON
         config_write(self.policies_path, {"rules": [
@@ -536,18 +557,58 @@ class TestPolicies(RulesTestCase):
         self.assertEqual(self.wait_audits(1)[0]["details"]["delivered"], True)
         self.assertEqual(out, want, "a deny rule matched, and nothing was printed")
 
-    @unittest.expectedFailure
     def test_bug_fail_closed_permission_request_shape(self):
-        """BUG (ccm_hook.c s_deny_unreachable): failing closed, ccm-hook prints
-        the PreToolUse decision for every decision event, a PermissionRequest
-        included. Claude Code wants hookEventName "PermissionRequest" and
-        decision.behavior there (as hooks_policy.c writes when the ingester
-        answers); a mismatched hookEventName is not a valid answer."""
+        """Was a bug (ccm_hook.c s_deny_unreachable): failing closed, ccm-hook
+        printed the PreToolUse decision for every decision event, a
+        PermissionRequest included. Claude Code wants hookEventName
+        "PermissionRequest" and decision.behavior there (as hooks_policy.c
+        writes when the ingester answers); a mismatched hookEventName is not
+        a valid answer. Gemini CLI's BeforeTool gets Gemini's own
+        {"decision": "deny", "reason": ...}."""
         env = self.hook_env(agent=str(uuid.uuid4()))
         event = tool_event("PermissionRequest", "Bash", {"command": "ls"}, str(uuid.uuid4()))
         out = json.loads(self.run_hook(event, env, "--fail-closed"))
         self.assertEqual(out["hookSpecificOutput"]["hookEventName"], "PermissionRequest")
         self.assertEqual(out["hookSpecificOutput"]["decision"]["behavior"], "deny")
+        reason = "ccm: the policy service is unreachable and policies fail closed"
+        self.assertEqual(out, {"hookSpecificOutput": {
+            "hookEventName": "PermissionRequest",
+            "decision": {"behavior": "deny", "message": reason}}})
+
+        gemini = {"hook_event_name": "BeforeTool", "session_id": "g-1", "cwd": "/p",
+                  "tool_name": "run_shell_command", "tool_input": {"command": "ls"}}
+        self.assertEqual(self.run_hook(gemini, env, "--fail-closed", "gemini"),
+                         compact({"decision": "deny", "reason": reason}) + b"\n")
+        # Only the event's own name counts, not the same word in its input.
+        post = tool_event("PostToolUse", "Bash", {"command": 'echo "PreToolUse"'},
+                          str(uuid.uuid4()))
+        self.assertEqual(self.run_hook(post, env, "--fail-closed"), b"")
+
+    def test_gemini_before_tool(self):
+        """Gemini CLI's BeforeTool is a decision point too: a deny rule prints
+        Gemini's {"decision": "deny", "reason": ...}; allow and ask print
+        nothing (Gemini's hooks document only deny there), audited as not
+        delivered."""
+        config_write(self.policies_path, {"rules": [
+            {"name": "no-rm", "tool": "^run_shell_command$", "command": "^rm ",
+             "action": "deny", "reason": "no rm"},
+            {"name": "ls-ok", "tool": "^run_shell_command$", "command": "^ls",
+             "action": "allow"}]})
+        self.start_ingester()
+        env = self.hook_env(agent=str(uuid.uuid4()))
+
+        def before(command):
+            return {"hook_event_name": "BeforeTool", "session_id": "g-2", "cwd": "/p",
+                    "tool_name": "run_shell_command", "tool_input": {"command": command}}
+
+        self.assertEqual(self.run_hook(before("rm -rf x"), env, "gemini"),
+                         compact({"decision": "deny", "reason": "ccm policy 'no-rm': no rm"}))
+        self.assertEqual(self.run_hook(before("ls"), env, "gemini"), b"")
+        self.assertEqual(self.run_hook(before("make"), env, "gemini"), b"")
+        audits = self.wait_audits(2)
+        self.assertEqual([(a["automation"], a["outcome"], a["details"]["delivered"])
+                          for a in audits],
+                         [("policy:no-rm", "denied", True), ("policy:ls-ok", "allowed", False)])
 
 
 # ==========================================================================
@@ -623,7 +684,8 @@ class TestAutomations(RulesTestCase):
         tool_name, file_path, agent_id regexes; "task": true), POST exactly
         the documented body and headers of each shape, and each outcome is
         recorded in automation_events. (One action at a time: see
-        test_bug_actions_finishing_together_crash_the_ingester.)"""
+        test_bug_actions_finishing_together_crash_the_ingester, which ends
+        several together.)"""
         base = self.server.url
         self.write_automations([
             {"name": "generic-hook", "on": {"hook_type": "^Stop$", "agent_id": "^generic-"},
@@ -802,19 +864,16 @@ class TestAutomations(RulesTestCase):
             self.assertGreaterEqual(gaps[0], 0.9, gaps)
             self.assertGreaterEqual(gaps[1], 1.9, gaps)
 
-    @unittest.expectedFailure
     def test_bug_actions_finishing_together_crash_the_ingester(self):
-        """BUG (hooks_auto.c s_check, the "Drop finished jobs" loop): it takes
-        `next` with zlistx_next, then deletes the finished job with
+        """Was a bug (hooks_auto.c s_check, the "Drop finished jobs" loop): it took
+        `next` with zlistx_next, then deleted the finished job with
         zlistx_delete(zlistx_find(job)), which moves the list's cursor back
-        to the deleted job's predecessor; the next zlistx_next returns `next`
-        again. When two adjacent jobs end in the same pass, the second is
-        destroyed and then visited again: use after free, then a double free
-        (zlistx_find finds nothing, zlistx_delete(NULL) detaches the list's
-        first job, s_job_destroy frees it again). ccm-hooks aborts ("free():
-        double free detected", "free(): invalid size") or segfaults. Any
-        event that matches two automations whose actions end within the same
-        50 ms does it: here four commands that end together."""
+        to the deleted job's predecessor; the next zlistx_next returned `next`
+        again. When two adjacent jobs ended in the same pass, the second was
+        destroyed and then visited again: use after free, then a double free.
+        ccm-hooks aborted or segfaulted. Any event that matches two
+        automations whose actions end within the same 50 ms did it: here
+        four commands that end together."""
         self.write_automations([
             {"name": f"sleep-{i}", "on": {"hook_type": "^Stop$"},
              "do": {"command": ["sleep", "0.3"]}} for i in range(4)])
@@ -1197,34 +1256,39 @@ class TestHooksInstall(ccmtest.CcmTestCase):
                 self.assertTrue(err.startswith("ccm: "), err)
         self.assertFalse(os.path.exists(os.path.join(self.user_home, ".claude")))
 
-    @unittest.expectedFailure
     def test_bug_uninstall_drops_an_empty_hooks_object(self):
-        """BUG (ccm_hookcfg.c s_remove_ours): a settings.json with "hooks": {}
-        (or an event with an empty list) is not restored by uninstall: the
-        emptied "hooks" is deleted, the result no longer equals the backup,
-        and the file is rewritten without the user's "hooks" key."""
+        """Was a bug (ccm_hookcfg.c s_remove_ours): a settings.json with
+        "hooks": {} (or an event with an empty list) was not restored by
+        uninstall: the emptied "hooks" was deleted, the result no longer
+        equalled the backup, and the file was rewritten without the user's
+        "hooks" key."""
         path = os.path.join(self.project, ".claude", "settings.json")
         os.makedirs(os.path.dirname(path))
-        original = b'{\n  "model": "opus",\n  "hooks": {}\n}\n'
-        with open(path, "wb") as f:
-            f.write(original)
-        self.ok("install", "--project", self.project)
-        self.ok("uninstall", "--project", self.project)
-        self.assertEqual(self.read(path), original)
+        for original in (b'{\n  "model": "opus",\n  "hooks": {}\n}\n',
+                         b'{"hooks": {"Stop": [], "SomeFutureEvent": [],\n'
+                         b'  "PreToolUse": [{"matcher": "Bash", "hooks": []}]}, "model": "x"}'):
+            with self.subTest(original=original):
+                with open(path, "wb") as f:
+                    f.write(original)
+                self.ok("install", "--project", self.project)
+                self.assertInstalled(json.loads(self.read(path)))
+                self.ok("uninstall", "--project", self.project)
+                self.assertEqual(self.read(path), original)
+                self.assertEqual(os.listdir(os.path.dirname(path)), ["settings.json"])
 
-
-    @unittest.expectedFailure
     def test_bug_reinstall_backs_up_ccms_own_file(self):
-        """BUG (ccm_hookcfg.c ccm_hookcfg_install): when settings.json exists
-        only because ccm created it (no .ccm-orig), an install that changes it
-        (another --timeout, a moved ccm-hook, another CCM_HOME) saves ccm's
-        own file as the user's "original" settings.json.ccm-orig. Uninstall
-        then cannot tell that ccm created the file and leaves a settings.json
-        holding "{}" behind instead of removing it."""
+        """Was a bug (ccm_hookcfg.c ccm_hookcfg_install): when settings.json
+        existed only because ccm created it (no .ccm-orig), an install that
+        changed it (another --timeout, a moved ccm-hook, another CCM_HOME)
+        saved ccm's own file as the user's "original" settings.json.ccm-orig.
+        Uninstall then could not tell that ccm created the file and left a
+        settings.json holding "{}" behind instead of removing it. A file
+        holding nothing but ccm's entries is now never taken for the user's."""
         path = os.path.join(self.project, ".claude", "settings.json")
         self.ok("install", "--project", self.project)
         self.ok("install", "--project", self.project, "--timeout", "42")
         self.assertInstalled(json.loads(self.read(path)), timeout=42)
+        self.assertFalse(os.path.exists(path + ".ccm-orig"), "ccm's own file taken as original")
         self.ok("uninstall", "--project", self.project)
         self.assertEqual(os.listdir(os.path.dirname(path)), [],
                          "uninstall left the file ccm created")
