@@ -1,8 +1,8 @@
-/*  bench/route: the cost of one routing decision in ccm-router's pure core
+/*  bench/router: the cost of one routing decision in ccm-router's pure core
     (services/router/route.c), against the least work any context router
     must do per decision, measured in the same run.
 
-        build/bench/route
+        build/bench/router
 
     The fleet: 20 executors of capacities 1 to 16, tagged gpu, os=linux or
     os=darwin, arch=arm64; 2 of them offline. Each holds 8 of 50 projects,
@@ -282,7 +282,7 @@ s_tasks_add (route_t *route, const s_task_t *tasks, size_t n)
         if (route_task_add (route, task->id, task->priority, task->seq,
                             *task->system_id ? task->system_id : NULL,
                             *task->project ? task->project : NULL, task->metadata)) {
-            fprintf (stderr, "bench/route: task %s: %s\n", task->id, route_error (route));
+            fprintf (stderr, "bench/router: task %s: %s\n", task->id, route_error (route));
             return -1;
         }
     }
@@ -448,13 +448,13 @@ main (int argc, char **argv)
 {
     (void) argv;
     if (argc > 1) {
-        fprintf (stderr, "usage: bench/route (knob: BENCH_EXTRA)\n");
+        fprintf (stderr, "usage: bench/router (knob: BENCH_EXTRA)\n");
         return 2;
     }
     const char *extra_text = getenv ("BENCH_EXTRA");
     long extra = extra_text && *extra_text ? strtol (extra_text, NULL, 10) : 100000;
     if (extra < 0 || extra > 10000000) {
-        fprintf (stderr, "bench/route: BENCH_EXTRA: must be 0 to 10000000\n");
+        fprintf (stderr, "bench/router: BENCH_EXTRA: must be 0 to 10000000\n");
         return 2;
     }
     s_fleet_make ();
@@ -463,7 +463,7 @@ main (int argc, char **argv)
     s_tasks_make (tasks, &unplaceable);
     int failures = 0;
 
-    printf ("bench/route: one routing decision of ccm-router's core, and the least a context"
+    printf ("bench/router: one routing decision of ccm-router's core, and the least a context"
             " router must do\n");
     printf ("  %d executors (2 offline, capacities 1..16, %d projects each), %d projects,"
             " %d tasks (%zu never placeable)\n\n",
@@ -475,7 +475,7 @@ main (int argc, char **argv)
     s_run_t run;
     s_run_init (&run, S_TASKS);
     if (s_fleet_load (route) || s_tasks_add (route, tasks, S_TASKS)) {
-        fprintf (stderr, "bench/route: %s\n", route_error (route));
+        fprintf (stderr, "bench/router: %s\n", route_error (route));
         return 1;
     }
     s_drain (route, tasks, S_TASKS, &run);
