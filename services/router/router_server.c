@@ -477,7 +477,8 @@ s_event (zloop_t *loop, zsock_t *reader, void *arg)
             s_load_systems (self);
         else if (topic && strcmp (topic, "task.status") == 0) {
             //  A task that stopped frees its executor's slot.
-            zmsg_pop (msg);  //  seq
+            zframe_t *seq = zmsg_pop (msg);
+            zframe_destroy (&seq);
             char *text = zmsg_popstr (msg);
             cJSON *event = text ? cJSON_Parse (text) : NULL;
             cJSON *data = cJSON_GetObjectItem (event, "data");
