@@ -36,6 +36,8 @@ static const ccm_config_key_t s_keys[] = {
      "where executors meet the router (ROUTER)"},
     {"router.heartbeat_ms", CCM_CFG_INT, "1000", "heartbeat between router and executors"},
     {"router.liveness", CCM_CFG_INT, "3", "missed heartbeats before a peer counts as lost"},
+    {"router.retry_base_ms", CCM_CFG_INT, "2000",
+     "first backoff before a failed task is retried; doubles each attempt"},
     {"executor.projects", CCM_CFG_STRING, "",
      "comma-separated projects this executor holds (empty: every one present here)"},
     {"executor.dispatch", CCM_CFG_STRING, "direct",

@@ -46,6 +46,7 @@ typedef struct {
     const char *end_reason;  //  "timeout" or "cancelled" once a kill is under way
     bool exit_on_idle;       //  its profile's "on_idle": "exit"
     bool exit_sent;          //  /exit typed once its turn was over
+    int64_t dead_seen_ms;    //  when its pane was first seen dead, its exit status unknown
 } exec_agent_t;
 
 typedef struct {

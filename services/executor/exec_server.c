@@ -27,6 +27,7 @@
 
 #define S_TAIL_BYTES 4096
 #define S_VERIFY_MS  (10 * 60 * 1000)  //  contexts are re-verified this often
+#define S_REAP_MS    5000              //  longest wait for a dead agent's exit status
 
 //  Calls the store; returns the reply (caller owns) or NULL, logging why.
 static cJSON *
@@ -552,6 +553,7 @@ typedef struct {
     char task[CCM_UUID_LEN + 1];   //  @ccm_task, set at spawn
     char agent[CCM_UUID_LEN + 1];  //  @ccm_agent, set at spawn
     bool dead;
+    bool known;  //  tmux knows its exit status or signal
     int status;  //  exit status once dead
     int signal;  //  the signal that killed it, or 0
     pid_t pid;
@@ -596,6 +598,7 @@ s_pane_next (const char **cursor, s_pane_t *pane)
     pane->dead = fields[3] && atoi (fields[3]) == 1;
     pane->status = fields[4] ? atoi (fields[4]) : 0;
     pane->signal = fields[5] ? atoi (fields[5]) : 0;
+    pane->known = (fields[4] && *fields[4]) || (fields[5] && *fields[5]);
     pane->pid = fields[6] ? (pid_t) atol (fields[6]) : 0;
     return true;
 }
@@ -609,6 +612,45 @@ s_pane_find (const char *panes, const char *window, s_pane_t *pane)
         if (strcmp (pane->window, window) == 0)
             return 0;
     return -1;
+}
+
+//  How the dead pane's agent ended: first from the status its wrapper wrote
+//  (exec_tmux_spawn), where 128+N means signal N, as shells say; else from
+//  tmux. tmux marks a pane dead when its pty closes and learns the status
+//  when it reaps the process: until then (and for a process gone within
+//  milliseconds, sometimes never) the status reads empty, not 0. Returns
+//  true once known; after S_REAP_MS of not knowing, says SIGKILL.
+static bool
+s_exit_of (exec_agent_t *agent, const s_pane_t *pane, int64_t now, int *status, int *signal)
+{
+    char path[PATH_MAX];
+    snprintf (path, sizeof path, "%s.exit", agent->log_path ? agent->log_path : "");
+    FILE *file = fopen (path, "r");
+    int code = -1;
+    if (file) {
+        if (fscanf (file, "%d", &code) != 1)
+            code = -1;
+        fclose (file);
+    }
+    *status = 0;
+    *signal = 0;
+    if (code > 128)
+        *signal = code - 128;
+    else if (code >= 0)
+        *status = code;
+    else if (pane->known) {
+        *status = pane->status;
+        *signal = pane->signal;
+    }
+    else {
+        if (!agent->dead_seen_ms)
+            agent->dead_seen_ms = now;
+        if (now - agent->dead_seen_ms <= S_REAP_MS)
+            return false;
+        ccm_warn ("task %s: the agent's exit status is unknown", agent->short_id);
+        *signal = SIGKILL;
+    }
+    return true;
 }
 
 static void
@@ -629,7 +671,9 @@ s_watch (exec_t *self)
             continue;
         }
         if (pane.dead) {
-            s_finish (self, agent, pane.status, pane.signal);
+            int status, signal;
+            if (s_exit_of (agent, &pane, now, &status, &signal))
+                s_finish (self, agent, status, signal);
             continue;
         }
         if (!agent->end_reason && agent->deadline_ms && now >= agent->deadline_ms)

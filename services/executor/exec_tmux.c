@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define S_TMUX_MS  10000
 #define S_ARGS_MAX 256
@@ -92,6 +93,14 @@ exec_tmux_spawn (exec_t *self, exec_agent_t *agent, char **argv, char **error)
     char *env_worktree = NULL;
     if (asprintf (&env_worktree, "CCM_WORKTREE=%s", agent->worktree) < 0)
         env_worktree = NULL;
+    //  The agent's exit status goes to a file of its own: tmux marks a pane
+    //  dead when its pty closes and may never report the status of a
+    //  process gone within milliseconds (see exec_exit_status).
+    char *env_exit = NULL;
+    if (asprintf (&env_exit, "CCM_EXIT_FILE=%s.exit", agent->log_path) < 0)
+        env_exit = NULL;
+    if (env_exit)
+        unlink (strchr (env_exit, '=') + 1);
 
     //  tmux [new-session -d -s S | new-window -t =S:] -n SHORT -c WT -P -F ID
     //       -- env -u CLAUDECODE CCM_...=... AGENT ARGV...
@@ -142,6 +151,13 @@ exec_tmux_spawn (exec_t *self, exec_agent_t *agent, char **argv, char **error)
         }
     }
     int pairs_end = n;
+    //  sh only waits for the agent and writes its status: the agent's argv
+    //  reaches it as "$@", word for word, never read by the shell.
+    args[n++] = env_exit ? env_exit : "CCM_EXIT_FILE=/dev/null";
+    args[n++] = "sh";
+    args[n++] = "-c";
+    args[n++] = "\"$@\"; s=$?; echo \"$s\" > \"$CCM_EXIT_FILE\"; exit \"$s\"";
+    args[n++] = "ccm-agent";
     //  The window carries its task and agent ids, so that a restarted
     //  executor finds both again.
     const char *tail[] = {";",
@@ -176,6 +192,7 @@ exec_tmux_spawn (exec_t *self, exec_agent_t *agent, char **argv, char **error)
         free ((char *) args[i]);
     free (pipe);
     free (env_worktree);
+    free (env_exit);
     ccm_proc_chomp (out);
     if (rc != 0 || !out || out[0] != '@') {
         if (asprintf (error, "tmux could not start the agent: %s",

@@ -55,6 +55,9 @@ typedef struct {
     zhashx_t *
         running;  //  task id -> "system id\tattempt": assigned or executing, as route.c counts them
     int64_t reconciled_ms;
+    zhashx_t *retries;  //  task id -> (int64_t) when a failed task goes back to the queue
+    int64_t retry_base_ms;
+    int max_attempts;
     int64_t heartbeat_ms;
     int liveness;
     bool dirty;  //  something changed: run a pass
@@ -496,6 +499,15 @@ s_event (zloop_t *loop, zsock_t *reader, void *arg)
             const char *tab = held ? strchr (held, '\t') : NULL;
             if (ended && tab && atoi (tab + 1) == attempt)
                 s_untrack (self, task);
+            //  A run that failed is tried again while attempts are left,
+            //  after 1, 2, 4... times router.retry_base_ms, plus jitter.
+            if (ended && strcmp (to, "failed") == 0 && attempt >= 1
+                && attempt < self->max_attempts) {
+                int64_t *when = malloc (sizeof *when);
+                int64_t delay = self->retry_base_ms << (attempt - 1);
+                *when = ccm_mono_ms () + delay + randof (self->retry_base_ms / 2 + 1);
+                zhashx_update (self->retries, task, when);
+            }
             cJSON_Delete (event);
             zstr_free (&text);
         }
@@ -522,6 +534,21 @@ s_tick (zloop_t *loop, int timer_id, void *arg)
                       (long long) (now - exec->heard_ms));
             s_set_online (self, exec, false, reason);
         }
+    //  Failed tasks whose backoff is over go back to the queue.
+    zlistx_t *due = zlistx_new ();
+    zlistx_set_destructor (due, (zlistx_destructor_fn *) zstr_free);
+    for (int64_t *when = zhashx_first (self->retries); when; when = zhashx_next (self->retries))
+        if (*when <= now)
+            zlistx_add_end (due, strdup (zhashx_cursor (self->retries)));
+    for (const char *task = zlistx_first (due); task; task = zlistx_next (due)) {
+        cJSON *body = cJSON_CreateObject ();
+        cJSON_AddStringToObject (body, "task", task);
+        cJSON_AddStringToObject (body, "to", "queued");
+        cJSON_AddStringToObject (body, "reason", "retry after a failed attempt");
+        cJSON_Delete (s_call (self, "task.transition", body, true));
+        zhashx_delete (self->retries, task);  //  done, or no longer failed (a user's retry)
+    }
+    zlistx_destroy (&due);
     //  Deferred tasks come back, and a dropped event costs a beat at most.
     if (now - self->reconciled_ms >= S_RECONCILE_MS)
         s_reconcile (self);
@@ -547,6 +574,12 @@ router_main (ccm_config_t *config)
     zhashx_set_destructor (self.reasons, (zhashx_destructor_fn *) zstr_free);
     self.deferred = zhashx_new ();
     zhashx_set_destructor (self.deferred, (zhashx_destructor_fn *) zstr_free);
+    self.retries = zhashx_new ();
+    zhashx_set_destructor (self.retries, (zhashx_destructor_fn *) zstr_free);
+    self.retry_base_ms = ccm_config_int (config, "router.retry_base_ms");
+    if (self.retry_base_ms < 1)
+        self.retry_base_ms = 1;
+    self.max_attempts = (int) ccm_config_int (config, "store.max_attempts");
     self.running = zhashx_new ();
     zhashx_set_destructor (self.running, (zhashx_destructor_fn *) zstr_free);
     self.store = ccm_client_new (ccm_config_str (config, "store.endpoint"),
@@ -576,6 +609,7 @@ router_main (ccm_config_t *config)
     ccm_client_destroy (&self.store);
     zhashx_destroy (&self.deferred);
     zhashx_destroy (&self.running);
+    zhashx_destroy (&self.retries);
     zhashx_destroy (&self.reasons);
     zhashx_destroy (&self.execs);
     route_destroy (&self.route);

@@ -730,6 +730,27 @@ class TestRestart(ExecutorTestCase):
                         f"took {took:.1f} s")
 
 
+class TestExitStatus(ExecutorTestCase):
+    """An agent gone within milliseconds still has its exact exit status:
+    tmux alone can report such a pane dead with no status at all."""
+
+    def test_instant_exits(self):
+        repo = self.make_repo()
+        self.add_project(self.PROJECT, repo)
+        self.start_executor()
+        codes = [0, 3, 7, 1, 0, 42, 2, 0, 5, 7, 0, 9]
+        tasks = [(code, self.add_task(f"exit {code}")) for code in codes]
+        for code, task_id in tasks:
+            task = self.wait_final(task_id)
+            self.assertEqual(task["status"], "complete" if code == 0 else "failed", task)
+            self.assertEqual(self.result(task_id)["exit_code"], code, task)
+        # A signal is told apart from an exit status (128+N from the shell).
+        killed = self.add_task("kill -TERM $$")
+        task = self.wait_final(killed)
+        self.assertEqual(task["status"], "failed")
+        self.assertIn("signal 15", task["status_reason"] or "", task)
+
+
 class TestRegistration(ExecutorTestCase):
     """The executor records this machine and the projects it holds."""
 

@@ -43,8 +43,8 @@ class RouterTestCase(tx.ExecutorTestCase):
             self.router.terminate()
             self.router.wait(10)
 
-    def start_router(self):
-        env = dict(self.home.env, CCM_ROUTER_HEARTBEAT_MS=str(BEAT_MS))
+    def start_router(self, **extra):
+        env = dict(self.home.env, CCM_ROUTER_HEARTBEAT_MS=str(BEAT_MS), **extra)
         with open(self.stderr_path, "ab") as err:
             self.router = subprocess.Popen([ROUTER_BIN], env=env, stdin=subprocess.DEVNULL,
                                            stdout=err, stderr=err, cwd=self.home.path)
@@ -238,6 +238,50 @@ class TestRouterBadInput(RouterTestCase):
         self.assertEqual(self.home.query("SELECT locked_by FROM tasks WHERE id = ?", task),
                          [(None,)])
         del good
+
+
+class TestRetries(RouterTestCase):
+
+    def test_fail_twice_then_succeed_and_always_fail(self):
+        self.start_router(CCM_ROUTER_RETRY_BASE_MS="150")
+        self.start_system("only", "web", capacity=2)
+        count = os.path.join(self.home.path, "count")
+        # Runs that end within milliseconds: their exit status must still be
+        # exact (tmux alone can lose it; the executor records it itself).
+        flaky = self.add(f"n=$(cat {count} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {count};"
+                         f" [ $n -ge 3 ]", "web")
+        doomed = self.add("exit 7", "web")
+        status, _, _, attempts = self.wait_status(flaky, "complete", timeout=30)
+        self.assertEqual(attempts, 3, "complete on attempt 3")
+        with open(count) as f:
+            self.assertEqual(f.read().strip(), "3")
+        events = [r[0] for r in self.home.query(
+            "SELECT event_type FROM task_events WHERE task_id = ? ORDER BY rowid", flaky)]
+        self.assertEqual(events, ["created", "queued"] + ["assigned", "started", "failed",
+                                                          "requeued"] * 2
+                         + ["assigned", "started", "completed"])
+        # Backoff: the second retry waited at least twice the base (300 ms).
+        times = [r[0] for r in self.home.query(
+            "SELECT created_at FROM task_events WHERE task_id = ? AND event_type IN"
+            " ('failed', 'requeued') ORDER BY rowid", flaky)]
+        waits = [self.ms(b) - self.ms(a) for a, b in zip(times[0::2], times[1::2])]
+        self.assertGreaterEqual(waits[0], 150, waits)
+        self.assertGreaterEqual(waits[1], 300, waits)
+
+        tx.wait_for("the doomed task out of attempts", lambda: self.row(doomed)[0] == "failed"
+                    and self.row(doomed)[3] == 3 and self.home.query(
+                        "SELECT count(*) FROM task_events WHERE task_id = ? AND event_type ="
+                        " 'failed'", doomed)[0][0] == 3, 30, diagnose=self.diagnose)
+        self.assertEqual(self.row(doomed)[1], "agent exited with status 7")
+        time.sleep(1.0)  # and it stays failed: no fourth attempt
+        self.assertEqual(self.row(doomed)[0], "failed")
+        self.assertEqual(self.row(doomed)[3], 3)
+
+    @staticmethod
+    def ms(text):
+        import datetime
+        return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=datetime.timezone.utc).timestamp() * 1000
 
 
 if __name__ == "__main__":
