@@ -619,7 +619,8 @@ s_pane_find (const char *panes, const char *window, s_pane_t *pane)
 //  tmux. tmux marks a pane dead when its pty closes and learns the status
 //  when it reaps the process: until then (and for a process gone within
 //  milliseconds, sometimes never) the status reads empty, not 0. Returns
-//  true once known; after S_REAP_MS of not knowing, says SIGKILL.
+//  true once known; an agent we stopped ended by SIGTERM; after S_REAP_MS
+//  of not knowing, says SIGKILL.
 static bool
 s_exit_of (exec_agent_t *agent, const s_pane_t *pane, int64_t now, int *status, int *signal)
 {
@@ -641,6 +642,11 @@ s_exit_of (exec_agent_t *agent, const s_pane_t *pane, int64_t now, int *status, 
     else if (pane->known) {
         *status = pane->status;
         *signal = pane->signal;
+    }
+    else if (agent->term_sent_ms) {
+        //  Stopped by us (a timeout or a cancel): its wrapper died with it,
+        //  and how it ended is known well enough.
+        *signal = SIGTERM;
     }
     else {
         if (!agent->dead_seen_ms)
