@@ -35,6 +35,39 @@ s_add_row (store_t *self, sqlite3_stmt *stmt, cJSON *reply, const char *key, ccm
     return store_db_fail (self, err, key);
 }
 
+//  Adds task id, as protocol.md's TASK, to reply under "task"; what names
+//  the request in an error. Returns 0, or -1 with err set.
+static int
+s_add_task (store_t *self, const char *id, cJSON *reply, const char *what, ccm_error_t *err)
+{
+    sqlite3_stmt *stmt = store_db_prepare (self->db, "SELECT " STORE_TASK_JSON " WHERE t.id = ?");
+    if (!stmt)
+        return store_db_fail (self, err, what);
+    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
+    int rc = s_add_row (self, stmt, reply, "task", err);
+    sqlite3_finalize (stmt);
+    return rc;
+}
+
+//  Refuses (illegal_transition) unless task id still waits to run: created
+//  or queued. rule says what only a waiting task may have. Returns 0 or -1.
+static int
+s_require_waiting (store_t *self, const char *id, const char *rule, ccm_error_t *err)
+{
+    sqlite3_stmt *stmt = store_db_prepare (self->db, "SELECT status FROM tasks WHERE id = ?");
+    if (!stmt)
+        return store_db_fail (self, err, "task");
+    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
+    char status[16] = "";
+    if (sqlite3_step (stmt) == SQLITE_ROW)
+        snprintf (status, sizeof status, "%s", sqlite3_column_text (stmt, 0));
+    sqlite3_finalize (stmt);
+    if (strcmp (status, "created") != 0 && strcmp (status, "queued") != 0)
+        return ccm_fail (err, "illegal_transition", "task", "task: %.8s is %s; %s", id, status,
+                         rule);
+    return 0;
+}
+
 //  Finds a task by full id or unique prefix; writes the full id into out.
 static int
 s_resolve_task (store_t *self, const char *field, const char *ref, char out[CCM_UUID_LEN + 1],
@@ -330,15 +363,7 @@ store_task_move (store_t *self, const char *id, const char *to, const char *reas
     sqlite3_finalize (stmt);
     if (rc != SQLITE_DONE)
         return store_db_fail (self, err, "task.transition");
-    if (!reply)
-        return 0;
-    stmt = store_db_prepare (self->db, "SELECT " STORE_TASK_JSON " WHERE t.id = ?");
-    if (!stmt)
-        return store_db_fail (self, err, "task");
-    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
-    rc = s_add_row (self, stmt, reply, "task", err);
-    sqlite3_finalize (stmt);
-    return rc;
+    return reply ? s_add_task (self, id, reply, "task", err) : 0;
 }
 
 //  Records that task_id depends on each task named in refs (ids or
@@ -487,15 +512,8 @@ store_task_add (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
         return store_db_fail (self, err, "task.add");
     if (depends_on && s_add_dependencies (self, id, depends_on, err))
         return -1;
-    if (hold) {
-        stmt = store_db_prepare (self->db, "SELECT " STORE_TASK_JSON " WHERE t.id = ?");
-        if (!stmt)
-            return store_db_fail (self, err, "task.add");
-        sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
-        rc = s_add_row (self, stmt, reply, "task", err);
-        sqlite3_finalize (stmt);
-        return rc;
-    }
+    if (hold)
+        return s_add_task (self, id, reply, "task.add", err);
     return store_task_move (self, id, "queued", NULL, NULL, NULL, reply, err);
 }
 
@@ -509,28 +527,12 @@ store_task_depend (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
         || ccm_get_array (body, "depends_on", true, 1, 256, &depends_on, err)
         || s_resolve_task (self, "task", ref, id, err))
         return -1;
-    sqlite3_stmt *stmt = store_db_prepare (self->db, "SELECT status FROM tasks WHERE id = ?");
-    if (!stmt)
-        return store_db_fail (self, err, "task.depend");
-    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
-    char status[16] = "";
-    if (sqlite3_step (stmt) == SQLITE_ROW)
-        snprintf (status, sizeof status, "%s", sqlite3_column_text (stmt, 0));
-    sqlite3_finalize (stmt);
     //  Only a task that has not started can be made to wait.
-    if (strcmp (status, "created") != 0 && strcmp (status, "queued") != 0)
-        return ccm_fail (err, "illegal_transition", "task",
-                         "task: %.8s is %s; only a created or queued task can get dependencies", id,
-                         status);
+    if (s_require_waiting (self, id, "only a created or queued task can get dependencies", err))
+        return -1;
     if (s_add_dependencies (self, id, depends_on, err))
         return -1;
-    stmt = store_db_prepare (self->db, "SELECT " STORE_TASK_JSON " WHERE t.id = ?");
-    if (!stmt)
-        return store_db_fail (self, err, "task.depend");
-    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
-    int rc = s_add_row (self, stmt, reply, "task", err);
-    sqlite3_finalize (stmt);
-    return rc;
+    return s_add_task (self, id, reply, "task.depend", err);
 }
 
 int
@@ -543,21 +545,13 @@ store_task_reason (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
         || s_resolve_task (self, "task", ref, id, err))
         return -1;
     //  Only a waiting task has a reason to show.
-    sqlite3_stmt *stmt = store_db_prepare (self->db, "SELECT status FROM tasks WHERE id = ?");
-    if (!stmt)
-        return store_db_fail (self, err, "task.reason");
-    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
-    char status[16] = "";
-    if (sqlite3_step (stmt) == SQLITE_ROW)
-        snprintf (status, sizeof status, "%s", sqlite3_column_text (stmt, 0));
-    sqlite3_finalize (stmt);
-    if (strcmp (status, "created") != 0 && strcmp (status, "queued") != 0)
-        return ccm_fail (err, "illegal_transition", "task",
-                         "task: %.8s is %s; only a waiting task takes a reason", id, status);
+    if (s_require_waiting (self, id, "only a waiting task takes a reason", err))
+        return -1;
     //  An unchanged reason is not written again, so a router may say it at
     //  every pass without growing the event log.
-    stmt = store_db_prepare (self->db, "UPDATE tasks SET status_reason = ?2, updated_at = " S_NOW
-                                       " WHERE id = ?1 AND status_reason IS NOT ?2");
+    sqlite3_stmt *stmt =
+        store_db_prepare (self->db, "UPDATE tasks SET status_reason = ?2, updated_at = " S_NOW
+                                    " WHERE id = ?1 AND status_reason IS NOT ?2");
     if (!stmt)
         return store_db_fail (self, err, "task.reason");
     sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
@@ -566,13 +560,7 @@ store_task_reason (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     sqlite3_finalize (stmt);
     if (rc != SQLITE_DONE)
         return store_db_fail (self, err, "task.reason");
-    stmt = store_db_prepare (self->db, "SELECT " STORE_TASK_JSON " WHERE t.id = ?");
-    if (!stmt)
-        return store_db_fail (self, err, "task.reason");
-    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
-    rc = s_add_row (self, stmt, reply, "task", err);
-    sqlite3_finalize (stmt);
-    return rc;
+    return s_add_task (self, id, reply, "task.reason", err);
 }
 
 int
@@ -583,18 +571,12 @@ store_task_get (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     if (ccm_get_string (body, "task", true, 64, &ref, err)
         || s_resolve_task (self, "task", ref, id, err))
         return -1;
-    sqlite3_stmt *stmt = store_db_prepare (self->db, "SELECT " STORE_TASK_JSON " WHERE t.id = ?");
-    if (!stmt)
-        return store_db_fail (self, err, "task.get");
-    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
-    int rc = s_add_row (self, stmt, reply, "task", err);
-    sqlite3_finalize (stmt);
-    if (rc)
-        return rc;
-    stmt = store_db_prepare (self->db,
-                             "SELECT json_object('id', id, 'event_type', event_type,"
-                             " 'event_data', json(event_data), 'created_at', created_at)"
-                             " FROM task_events WHERE task_id = ? ORDER BY created_at, rowid");
+    if (s_add_task (self, id, reply, "task.get", err))
+        return -1;
+    sqlite3_stmt *stmt = store_db_prepare (
+        self->db, "SELECT json_object('id', id, 'event_type', event_type,"
+                  " 'event_data', json(event_data), 'created_at', created_at)"
+                  " FROM task_events WHERE task_id = ? ORDER BY created_at, rowid");
     if (!stmt)
         return store_db_fail (self, err, "task.get");
     sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
