@@ -73,9 +73,11 @@ s_exec_destroy (s_exec_t **self_p)
     }
 }
 
-//  Calls the store; returns the reply (caller destroys) or NULL, logged.
+//  Calls the store; returns the reply (caller destroys) or NULL. A write
+//  carries a fresh idempotency key. Why a call failed goes to why if given,
+//  else to the log (a refusal by the store, expected, is not logged).
 static cJSON *
-s_call (s_router_t *self, const char *verb, cJSON *body, bool write)
+s_call_why (s_router_t *self, const char *verb, cJSON *body, bool write, char *why, size_t size)
 {
     if (write) {
         char idem[CCM_UUID_LEN + 1];
@@ -87,27 +89,18 @@ s_call (s_router_t *self, const char *verb, cJSON *body, bool write)
     cJSON_Delete (body);
     if (rc == 0)
         return reply;
-    if (rc != CCM_EREPLY)
+    if (why)
+        snprintf (why, size, "%s", ccm_client_strerror (rc, reply));
+    else if (rc != CCM_EREPLY)
         ccm_warn ("%s: %s", verb, ccm_client_strerror (rc, reply));
     cJSON_Delete (reply);
     return NULL;
 }
 
-//  Like s_call, but hands back the store's error message on a refusal.
 static cJSON *
-s_call_why (s_router_t *self, const char *verb, cJSON *body, char *why, size_t size)
+s_call (s_router_t *self, const char *verb, cJSON *body, bool write)
 {
-    char idem[CCM_UUID_LEN + 1];
-    ccm_uuid (idem);
-    cJSON_AddStringToObject (body, "idem", idem);
-    cJSON *reply = NULL;
-    int rc = ccm_client_call (self->store, verb, body, &reply);
-    cJSON_Delete (body);
-    if (rc == 0)
-        return reply;
-    snprintf (why, size, "%s", ccm_client_strerror (rc, reply));
-    cJSON_Delete (reply);
-    return NULL;
+    return s_call_why (self, verb, body, write, NULL, 0);
 }
 
 //  Counts the task as running on the system (route.c's load), as of its
@@ -216,8 +209,9 @@ s_load_systems (s_router_t *self)
 }
 
 //  Reads the queued tasks into the route (all of them, page by page);
-//  forgets queued ones that are no longer.
-static void
+//  forgets queued ones that are no longer. Returns the ids read (caller
+//  destroys).
+static zhashx_t *
 s_load_queue (s_router_t *self)
 {
     zhashx_t *queued = zhashx_new ();
@@ -262,7 +256,7 @@ s_load_queue (s_router_t *self)
     for (const char *id = zhashx_first (self->reasons); id; id = zhashx_next (self->reasons))
         if (!zhashx_lookup (queued, zhashx_cursor (self->reasons)))
             route_task_remove (self->route, zhashx_cursor (self->reasons));
-    zhashx_destroy (&queued);
+    return queued;
 }
 
 //  --------------------------------------------------------------------------
@@ -297,7 +291,7 @@ s_place (s_router_t *self, const route_decision_t *decision)
     snprintf (reason, sizeof reason, "routed to system %.8s%s%s", decision->system_id,
               *decision->project ? ", project " : "", decision->project);
     cJSON_AddStringToObject (body, "reason", reason);
-    cJSON *reply = exec ? s_call_why (self, "task.transition", body, why, sizeof why) : NULL;
+    cJSON *reply = exec ? s_call_why (self, "task.transition", body, true, why, sizeof why) : NULL;
     if (!exec)
         cJSON_Delete (body);
     if (!reply) {
@@ -335,28 +329,18 @@ static void
 s_pass (s_router_t *self)
 {
     self->dirty = false;
-    s_load_queue (self);
+    zhashx_t *queued = s_load_queue (self);
     route_decision_t decision;
     while (route_next (self->route, &decision))
         s_place (self, &decision);
     //  What still waits says why.
-    route_stats_t stats;
-    route_stats (self->route, &stats);
-    if (stats.waiting == 0)
-        return;
-    cJSON *body = cJSON_CreateObject ();
-    cJSON_AddStringToObject (body, "status", "queued");
-    cJSON_AddNumberToObject (body, "limit", S_PAGE);
-    cJSON *reply = s_call (self, "task.list", body, false);
-    cJSON *task;
-    cJSON_ArrayForEach (task, cJSON_GetObjectItem (reply, "tasks"))
-    {
-        const char *id = cJSON_GetStringValue (cJSON_GetObjectItem (task, "id"));
-        const char *reason = id ? route_task_reason (self->route, id) : NULL;
+    for (void *item = zhashx_first (queued); item; item = zhashx_next (queued)) {
+        const char *id = zhashx_cursor (queued);
+        const char *reason = route_task_reason (self->route, id);
         if (reason)
             s_say_reason (self, id, reason);
     }
-    cJSON_Delete (reply);
+    zhashx_destroy (&queued);
 }
 
 //  --------------------------------------------------------------------------
