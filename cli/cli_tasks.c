@@ -193,6 +193,15 @@ s_join (int argc, char **argv)
     return text;
 }
 
+//  The prompt of a review given no prompt of its own.
+#define S_REVIEW_PROMPT                                                                            \
+    "Review the work of task %s, in this worktree: read its changes (git diff against the"         \
+    " branch it started from, and git log), judge their correctness, tests and style, and fix"     \
+    " nothing. Then write your review as one JSON object to the file named by the"                 \
+    " CCM_REPORT_FILE environment variable: {\"quality_score\": 1 to 10, \"issues\": [strings],"   \
+    " \"recommendations\": [strings], \"alert_level\": \"none\", \"info\", \"warning\" or"         \
+    " \"critical\"}."
+
 static int
 s_task_add (cli_t *cli, int argc, char **argv)
 {
@@ -203,6 +212,11 @@ s_task_add (cli_t *cli, int argc, char **argv)
         if (strcmp (option, "--") == 0) {
             i++;
             break;
+        }
+        if (strcmp (option, "--requires-supabase") == 0) {
+            cJSON_DeleteItemFromObjectCaseSensitive (body, "requires_supabase");
+            cJSON_AddTrueToObject (body, "requires_supabase");
+            continue;
         }
         if (strcmp (option, "--project") == 0)
             key = "project";
@@ -220,6 +234,10 @@ s_task_add (cli_t *cli, int argc, char **argv)
             key = "requires_context_metadata";
         else if (strcmp (option, "--depends-on") == 0)
             key = "depends_on";
+        else if (strcmp (option, "--parent") == 0)
+            key = "parent_task_id";
+        else if (strcmp (option, "--review") == 0)
+            key = "review";
         else if (strncmp (option, "--", 2) == 0) {
             cJSON_Delete (body);
             return cli_usage ("task add: unknown option '%s'", option);
@@ -254,6 +272,14 @@ s_task_add (cli_t *cli, int argc, char **argv)
             cJSON_AddItemToArray (depends, cJSON_CreateString (value));
             continue;
         }
+        if (strcmp (key, "review") == 0) {
+            //  --review ID: a supervisory task whose parent is the task reviewed.
+            cJSON_DeleteItemFromObjectCaseSensitive (body, "task_type");
+            cJSON_DeleteItemFromObjectCaseSensitive (body, "parent_task_id");
+            cJSON_AddStringToObject (body, "task_type", "supervisory");
+            cJSON_AddStringToObject (body, "parent_task_id", value);
+            continue;
+        }
         cJSON_DeleteItemFromObjectCaseSensitive (body, key);
         if (strcmp (key, "timeout_s") == 0) {
             char *end;
@@ -267,14 +293,22 @@ s_task_add (cli_t *cli, int argc, char **argv)
         else
             cJSON_AddStringToObject (body, key, value);
     }
-    if (i >= argc) {
+    const char *reviewed =
+        cli_str (body, "task_type") && strcmp (cli_str (body, "task_type"), "supervisory") == 0
+            ? cli_str (body, "parent_task_id")
+            : NULL;
+    if (i >= argc && !reviewed) {
         cJSON_Delete (body);
         return cli_usage (
             "usage: ccm task add [--project P] [--priority low|normal|high|urgent] "
             "[--type worker|supervisory|manager] [--agent PROFILE] [--timeout SECONDS] "
-            "[--system ID] [--requires KEY=VALUE]... [--depends-on ID]... -- PROMPT...");
+            "[--system ID] [--requires KEY=VALUE]... [--depends-on ID]... [--parent ID] "
+            "[--review ID] [--requires-supabase] -- PROMPT...\n"
+            "(--review ID adds a supervisory task that reviews task ID; its prompt is optional)");
     }
-    char *prompt = s_join (argc - i, argv + i);
+    char *prompt = i < argc ? s_join (argc - i, argv + i) : NULL;
+    if (!prompt && asprintf (&prompt, S_REVIEW_PROMPT, reviewed) < 0)
+        prompt = NULL;
     cJSON_AddStringToObject (body, "prompt", prompt);
     free (prompt);
     cli_add_idem (body);
@@ -337,6 +371,25 @@ s_task_list (cli_t *cli, int argc, char **argv)
     return 0;
 }
 
+//  Calls verb {key: id} and moves the reply's array field into reply
+//  (task.list's "tasks" lands as "subtasks"); leaves reply as is on error.
+static void
+s_attach (cli_t *cli, cJSON *reply, const char *verb, const char *key, const char *id,
+          const char *field)
+{
+    if (!id)
+        return;
+    cJSON *body = cJSON_CreateObject (), *answer = NULL;
+    cJSON_AddStringToObject (body, key, id);
+    if (cli_call (cli, verb, body, &answer) == 0) {
+        cJSON *items = cJSON_DetachItemFromObjectCaseSensitive (answer, field);
+        if (items)
+            cJSON_AddItemToObject (reply, strcmp (field, "tasks") == 0 ? "subtasks" : field, items);
+    }
+    cJSON_Delete (body);
+    cJSON_Delete (answer);
+}
+
 static int
 s_task_show (cli_t *cli, int argc, char **argv)
 {
@@ -349,6 +402,10 @@ s_task_show (cli_t *cli, int argc, char **argv)
     cJSON_Delete (body);
     if (rc)
         return rc;
+    //  Its reviews and its subtasks, from their own verbs.
+    const char *id = cli_str (cJSON_GetObjectItemCaseSensitive (reply, "task"), "id");
+    s_attach (cli, reply, "report.list", "task", id, "reports");
+    s_attach (cli, reply, "task.list", "parent", id, "tasks");
     if (cli->json) {
         cJSON_DeleteItemFromObjectCaseSensitive (reply, "v");
         cJSON_DeleteItemFromObjectCaseSensitive (reply, "id");
@@ -357,9 +414,10 @@ s_task_show (cli_t *cli, int argc, char **argv)
         return 0;
     }
     cJSON *task = cJSON_GetObjectItemCaseSensitive (reply, "task");
-    const char *fields[] = {"id",         "status",     "status_reason", "priority",
-                            "task_type",  "project",    "system_id",     "attempts",
-                            "created_at", "started_at", "completed_at",  NULL};
+    const char *fields[] = {"id",        "status",     "status_reason", "priority",
+                            "task_type", "project",    "system_id",     "parent_task_id",
+                            "attempts",  "created_at", "started_at",    "completed_at",
+                            NULL};
     for (const char **f = fields; *f; f++) {
         cJSON *item = cJSON_GetObjectItemCaseSensitive (task, *f);
         if (cJSON_IsString (item))
@@ -377,6 +435,24 @@ s_task_show (cli_t *cli, int argc, char **argv)
         char *value = cJSON_IsString (dep) ? NULL : cJSON_PrintUnformatted (dep);
         printf ("%-14s %s=%s\n", "requires", dep->string, value ? value : dep->valuestring);
         free (value);
+    }
+    if (cJSON_IsTrue (cJSON_GetObjectItemCaseSensitive (task, "requires_supabase")))
+        printf ("%-14s %s\n", "requires", "a connected sync hub (requires_supabase)");
+    cJSON *sub;
+    cJSON_ArrayForEach (sub, cJSON_GetObjectItemCaseSensitive (reply, "subtasks"))
+        printf ("%-14s %.8s %s\n", "subtask", cli_str (sub, "id"), cli_str (sub, "status"));
+    cJSON *report;
+    cJSON_ArrayForEach (report, cJSON_GetObjectItemCaseSensitive (reply, "reports"))
+    {
+        printf ("%-14s quality %d/10, alert %s\n", "review",
+                cJSON_GetObjectItemCaseSensitive (report, "quality_score")->valueint,
+                cli_str (report, "alert_level"));
+        const char *lists[] = {"issues", "recommendations"};
+        for (int l = 0; l < 2; l++) {
+            cJSON *line;
+            cJSON_ArrayForEach (line, cJSON_GetObjectItemCaseSensitive (report, lists[l]))
+                printf ("  %s: %s\n", l ? "recommends" : "issue", cJSON_GetStringValue (line));
+        }
     }
     printf ("prompt:\n%s\n", cli_str (task, "prompt"));
     printf ("events:\n");

@@ -38,6 +38,8 @@ static const ccm_config_key_t s_keys[] = {
     {"router.liveness", CCM_CFG_INT, "3", "missed heartbeats before a peer counts as lost"},
     {"router.retry_base_ms", CCM_CFG_INT, "2000",
      "first backoff before a failed task is retried; doubles each attempt"},
+    {"router.wait_connection_s", CCM_CFG_INT, "3600",
+     "how long a requires_supabase task without timeout_s waits for sync to connect"},
     {"executor.projects", CCM_CFG_STRING, "",
      "comma-separated projects this executor holds (empty: every one present here)"},
     {"executor.dispatch", CCM_CFG_STRING, "direct",

@@ -1,6 +1,7 @@
 /*  ccm_hookcfg: ccm's entries in a Claude Code settings.json.             */
 
 #include "ccm_hookcfg.h"
+#include "ccm_msg.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -21,17 +22,6 @@ const char *const ccm_hookcfg_events[] = {
     "PostToolUseFailure", "PostToolBatch",    "Notification", "PermissionRequest",
     "SubagentStart",      "SubagentStop",     "Stop",         "StopFailure",
     "PreCompact",         "PostCompact",      "SessionEnd",   NULL};
-
-static int
-s_fail (char **error, const char *format, ...)
-{
-    va_list args;
-    va_start (args, format);
-    if (vasprintf (error, format, args) < 0)
-        *error = NULL;
-    va_end (args);
-    return -1;
-}
 
 //  Appends text to out, single-quoted for a POSIX shell.
 static void
@@ -69,15 +59,17 @@ s_read (const char *path, char **text, char **error)
     *text = NULL;
     FILE *file = fopen (path, "rb");
     if (!file)
-        return errno == ENOENT ? 0 : s_fail (error, "cannot read %s: %s", path, strerror (errno));
+        return errno == ENOENT
+                   ? 0
+                   : ccm_set_error (error, "cannot read %s: %s", path, strerror (errno));
     char *data = malloc (S_MAX_FILE + 1);
     size_t n = data ? fread (data, 1, S_MAX_FILE + 1, file) : 0;
     fclose (file);
     if (!data)
-        return s_fail (error, "out of memory");
+        return ccm_set_error (error, "out of memory");
     if (n > S_MAX_FILE) {
         free (data);
-        return s_fail (error, "%s: larger than %d bytes", path, S_MAX_FILE);
+        return ccm_set_error (error, "%s: larger than %d bytes", path, S_MAX_FILE);
     }
     data[n] = 0;
     *text = data;
@@ -95,14 +87,14 @@ s_write (const char *path, const char *text, char **error)
     snprintf (tmp, sizeof tmp, "%s.ccm-tmp", path);
     int fd = open (tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
     if (fd < 0)
-        return s_fail (error, "cannot write %s: %s", tmp, strerror (errno));
+        return ccm_set_error (error, "cannot write %s: %s", tmp, strerror (errno));
     size_t len = strlen (text);
     bool ok = write (fd, text, len) == (ssize_t) len && fsync (fd) == 0;
     close (fd);
     if (!ok || fchmodat (AT_FDCWD, tmp, mode, 0) || rename (tmp, path)) {
         int saved = errno;
         unlink (tmp);
-        return s_fail (error, "cannot write %s: %s", path, strerror (saved));
+        return ccm_set_error (error, "cannot write %s: %s", path, strerror (saved));
     }
     return 0;
 }
@@ -286,7 +278,7 @@ ccm_hookcfg_install (const char *path, const char *command, int timeout_s, char 
     if (!cJSON_IsObject (settings)) {
         cJSON_Delete (settings);
         free (text);
-        return s_fail (error, "%s is not a JSON object; not touched", path);
+        return ccm_set_error (error, "%s is not a JSON object; not touched", path);
     }
     //  Already there, exactly as we would write it: leave the file alone.
     cJSON *wanted = cJSON_Duplicate (settings, true);
@@ -311,7 +303,8 @@ ccm_hookcfg_install (const char *path, const char *command, int timeout_s, char 
         free (backup);
         char *out = rc == 0 ? s_print (wanted) : NULL;
         if (rc == 0 && s_mkdirs (path))
-            rc = s_fail (error, "cannot create the directory of %s: %s", path, strerror (errno));
+            rc = ccm_set_error (error, "cannot create the directory of %s: %s", path,
+                                strerror (errno));
         if (rc == 0 && out)
             rc = s_write (path, out, error);
         free (out);
@@ -333,7 +326,7 @@ ccm_hookcfg_uninstall (const char *path, char **error)
     if (!cJSON_IsObject (settings)) {
         cJSON_Delete (settings);
         free (text);
-        return s_fail (error, "%s is not a JSON object; not touched", path);
+        return ccm_set_error (error, "%s is not a JSON object; not touched", path);
     }
     int rc = 0;
     char *backup = s_backup_path (path);
@@ -350,11 +343,12 @@ ccm_hookcfg_uninstall (const char *path, char **error)
         if (before && s_same_settings (before, settings))
             rc = s_write (path, original, error);  //  the user's own bytes
         else if (!original && cJSON_GetArraySize (settings) == 0)
-            rc = unlink (path) ? s_fail (error, "cannot remove %s: %s", path, strerror (errno))
-                               : 0;  //  ccm created it
+            rc = unlink (path)
+                     ? ccm_set_error (error, "cannot remove %s: %s", path, strerror (errno))
+                     : 0;  //  ccm created it
         else {
             char *out = s_print (settings);
-            rc = out ? s_write (path, out, error) : s_fail (error, "out of memory");
+            rc = out ? s_write (path, out, error) : ccm_set_error (error, "out of memory");
             free (out);
         }
         cJSON_Delete (before);

@@ -20,6 +20,17 @@ ccm_fail (ccm_error_t *err, const char *code, const char *field, const char *for
     return -1;
 }
 
+int
+ccm_set_error (char **error, const char *format, ...)
+{
+    va_list args;
+    va_start (args, format);
+    if (vasprintf (error, format, args) < 0)
+        *error = NULL;
+    va_end (args);
+    return -1;
+}
+
 bool
 ccm_verb_valid (const char *verb, size_t size)
 {

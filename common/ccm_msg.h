@@ -26,6 +26,10 @@ typedef struct {
 int ccm_fail (ccm_error_t *err, const char *code, const char *field, const char *format, ...)
     __attribute__ ((format (printf, 4, 5)));
 
+//  Sets *error to a new string (caller frees; NULL if out of memory) and
+//  returns -1: the error style of functions that take char **error.
+int ccm_set_error (char **error, const char *format, ...) __attribute__ ((format (printf, 2, 3)));
+
 //  True if verb (of size bytes, not NUL-terminated) is 1-64 bytes of [a-z0-9._-].
 bool ccm_verb_valid (const char *verb, size_t size);
 

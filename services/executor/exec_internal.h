@@ -36,7 +36,8 @@ typedef struct {
     char *project_id;
     char *project;
     char *worktree;
-    char *base;  //  the base branch the worktree started from
+    char *base;       //  the base branch the worktree started from
+    char *review_of;  //  a supervisory task: the task it reviews (its worktree), else NULL
     char *log_path;
     char *profile;
     bool headless;
@@ -110,6 +111,18 @@ int exec_git_behind (const char *repo);
 //  Returns the files changed in worktree against base, committed or not, as
 //  a JSON array (caller owns).
 cJSON *exec_git_changed (const char *worktree, const char *base);
+
+//  exec_review: supervisory tasks.
+
+//  The worktree of the task reviewed, if still active and on this machine:
+//  fills *path and *base (caller frees). Returns 0, or -1 with *error set.
+int exec_review_worktree (exec_t *self, const char *reviewed, char **path, char **base,
+                          char **error);
+
+//  Records the report of the review agent (its $CCM_REPORT_FILE, else the
+//  last JSON object with a quality_score in output) with the store.
+//  Returns 0, or -1 with *error saying what is wrong (caller frees).
+int exec_review_record (exec_t *self, exec_agent_t *agent, const char *output, char **error);
 
 //  exec_tmux: the tmux server.
 

@@ -91,6 +91,7 @@ s_agent_destroy (exec_agent_t **agent_p)
         free (agent->project);
         free (agent->worktree);
         free (agent->base);
+        free (agent->review_of);
         free (agent->log_path);
         free (agent->profile);
         free (agent);
@@ -202,12 +203,26 @@ s_finish (exec_t *self, exec_agent_t *agent, int status, int signal_number)
     cJSON_AddStringToObject (result, "agent_id", agent->agent_id);
     char *tail = s_tail (agent->log_path);
     cJSON_AddStringToObject (result, "output", tail);
-    free (tail);
+    //  A review changes nothing of its own: the files are the reviewed task's.
     cJSON_AddItemToObject (result, "files_changed",
-                           exec_git_changed (agent->worktree, agent->base));
+                           agent->review_of ? cJSON_CreateArray ()
+                                            : exec_git_changed (agent->worktree, agent->base));
     cJSON *details = agent->headless ? s_claude_result (agent->log_path) : NULL;
     if (!details)
         details = cJSON_CreateObject ();
+    //  A review that ran to its end must leave a report the store accepts.
+    if (agent->review_of && to && strcmp (to, "complete") == 0) {
+        const char *answer = cJSON_GetStringValue (cJSON_GetObjectItem (details, "result"));
+        char *why = NULL;
+        if (exec_review_record (self, agent, answer ? answer : tail, &why)) {
+            result_status = "failed";
+            to = "failed";
+            snprintf (reason, sizeof reason, "review report: %s", why ? why : "out of memory");
+            cJSON_ReplaceItemInObject (result, "status", cJSON_CreateString (result_status));
+        }
+        free (why);
+    }
+    free (tail);
     cJSON_AddStringToObject (details, "log", agent->log_path);
     cJSON_AddStringToObject (details, "worktree", agent->worktree);
     cJSON_AddItemToObject (result, "details", details);
@@ -323,6 +338,58 @@ s_set_deadline (exec_agent_t *agent, cJSON *task)
     agent->deadline_ms = ccm_mono_ms () - elapsed + (int64_t) (timeout->valuedouble * 1000);
 }
 
+//  Records the new worktree of a task, and the system that holds it.
+static void
+s_record_worktree (exec_t *self, exec_agent_t *agent)
+{
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "task_id", agent->task_id);
+    if (agent->project_id)
+        cJSON_AddStringToObject (body, "project_id", agent->project_id);
+    cJSON_AddStringToObject (body, "worktree_path", agent->worktree);
+    char branch[64];
+    snprintf (branch, sizeof branch, "ccm/%s", agent->short_id);
+    cJSON_AddStringToObject (body, "branch_name", branch);
+    cJSON_AddStringToObject (body, "base_branch", agent->base);
+    cJSON_AddStringToObject (body, "status", "active");
+    cJSON_AddStringToObject (body, "system_id", self->system_id);
+    cJSON_Delete (s_call (self, "worktree.upsert", body, true));
+}
+
+//  Starts the agent's tmux window in its worktree; the task is executing.
+static void
+s_launch (exec_t *self, exec_agent_t *agent, cJSON *task, exec_profile_t *profile,
+          const char *program)
+{
+    const char *task_id = agent->task_id;
+    char *error = NULL;
+    if (s_is_claude (program)) {
+        char dir[PATH_MAX];
+        s_claude_dir (self, profile, dir, sizeof dir);
+        if (exec_claude_trust (dir, agent->worktree))
+            ccm_warn ("task %s: could not pre-accept Claude Code's trust dialog in %s",
+                      agent->short_id, dir);
+    }
+    char **argv = exec_profile_argv (profile, s_str (task, "prompt"), task_id, agent->worktree);
+    if (argv && self->claude_settings && s_is_claude (program))
+        argv = exec_argv_insert (argv, 1, "--settings", self->claude_settings);
+    int rc = argv ? exec_tmux_spawn (self, agent, argv, &error) : -1;
+    exec_argv_free (argv);
+    if (rc) {
+        s_fail_start (self, task_id, error ? error : "cannot start the agent");
+        free (error);
+        s_agent_destroy (&agent);
+        return;
+    }
+    s_set_deadline (agent, task);
+    self->agents = realloc (self->agents, (size_t) (self->nagents + 1) * sizeof *self->agents);
+    self->agents[self->nagents++] = agent;
+    s_agent_status (self, agent, "running", "spawn");
+    s_move (self, task_id, "executing", "agent started", NULL);
+    ccm_info ("task %s: %s started in tmux window %s, worktree %s", agent->short_id, agent->profile,
+              agent->window, agent->worktree);
+}
+
 //  Starts the agent of an assigned task: worktree, profile, tmux window.
 static void
 s_start (exec_t *self, cJSON *task)
@@ -382,50 +449,28 @@ s_start (exec_t *self, cJSON *task)
         < 0)
         agent->log_path = NULL;
     char *error = NULL;
-    if (exec_git_worktree (self, project_name, repo, agent->short_id, &agent->worktree,
-                           &agent->base, &error)) {
+    const char *type = s_str (task, "task_type");
+    if (type && strcmp (type, "supervisory") == 0) {
+        //  A review works in the worktree of the task it reviews.
+        agent->review_of =
+            strdup (s_str (task, "parent_task_id") ? s_str (task, "parent_task_id") : "");
+        if (exec_review_worktree (self, agent->review_of, &agent->worktree, &agent->base, &error)) {
+            s_fail_start (self, task_id, error ? error : "no worktree to review");
+            free (error);
+            s_agent_destroy (&agent);
+            return;
+        }
+    }
+    else if (exec_git_worktree (self, project_name, repo, agent->short_id, &agent->worktree,
+                                &agent->base, &error)) {
         s_fail_start (self, task_id, error ? error : "cannot create the worktree");
         free (error);
         s_agent_destroy (&agent);
         return;
     }
-    cJSON *body = cJSON_CreateObject ();
-    cJSON_AddStringToObject (body, "task_id", task_id);
-    if (agent->project_id)
-        cJSON_AddStringToObject (body, "project_id", agent->project_id);
-    cJSON_AddStringToObject (body, "worktree_path", agent->worktree);
-    char branch[64];
-    snprintf (branch, sizeof branch, "ccm/%s", agent->short_id);
-    cJSON_AddStringToObject (body, "branch_name", branch);
-    cJSON_AddStringToObject (body, "base_branch", agent->base);
-    cJSON_AddStringToObject (body, "status", "active");
-    cJSON_Delete (s_call (self, "worktree.upsert", body, true));
-
-    if (s_is_claude (program)) {
-        char dir[PATH_MAX];
-        s_claude_dir (self, &profile, dir, sizeof dir);
-        if (exec_claude_trust (dir, agent->worktree))
-            ccm_warn ("task %s: could not pre-accept Claude Code's trust dialog in %s",
-                      agent->short_id, dir);
-    }
-    char **argv = exec_profile_argv (&profile, s_str (task, "prompt"), task_id, agent->worktree);
-    if (argv && self->claude_settings && s_is_claude (program))
-        argv = exec_argv_insert (argv, 1, "--settings", self->claude_settings);
-    int rc = argv ? exec_tmux_spawn (self, agent, argv, &error) : -1;
-    exec_argv_free (argv);
-    if (rc) {
-        s_fail_start (self, task_id, error ? error : "cannot start the agent");
-        free (error);
-        s_agent_destroy (&agent);
-        return;
-    }
-    s_set_deadline (agent, task);
-    self->agents = realloc (self->agents, (size_t) (self->nagents + 1) * sizeof *self->agents);
-    self->agents[self->nagents++] = agent;
-    s_agent_status (self, agent, "running", "spawn");
-    s_move (self, task_id, "executing", "agent started", NULL);
-    ccm_info ("task %s: %s started in tmux window %s, worktree %s", agent->short_id, agent->profile,
-              agent->window, agent->worktree);
+    else
+        s_record_worktree (self, agent);
+    s_launch (self, agent, task, &profile, program);
 }
 
 //  Whether this executor holds the project: every one present here, or
@@ -778,8 +823,12 @@ s_adopt (exec_t *self, cJSON *task, const s_pane_t *pane)
     if (asprintf (&agent->log_path, "%s/%s.log", ccm_config_str (self->config, "executor.logs"), id)
         < 0)
         agent->log_path = NULL;
+    //  A review works in the worktree of the task it reviews.
+    const char *type = s_str (task, "task_type"), *parent = s_str (task, "parent_task_id");
+    if (type && strcmp (type, "supervisory") == 0)
+        agent->review_of = strdup (parent ? parent : "");
     cJSON *body = cJSON_CreateObject ();
-    cJSON_AddStringToObject (body, "task", id);
+    cJSON_AddStringToObject (body, "task", agent->review_of ? agent->review_of : id);
     cJSON *reply = s_call (self, "worktree.list", body, false);
     cJSON *worktree = cJSON_GetArrayItem (cJSON_GetObjectItemCaseSensitive (reply, "worktrees"), 0);
     const char *path = s_str (worktree, "worktree_path");

@@ -101,6 +101,15 @@ exec_tmux_spawn (exec_t *self, exec_agent_t *agent, char **argv, char **error)
         env_exit = NULL;
     if (env_exit)
         unlink (strchr (env_exit, '=') + 1);
+    //  A review writes its report (JSON) to a file of its own.
+    char *env_report = NULL, env_review[64] = "";
+    if (agent->review_of) {
+        if (asprintf (&env_report, "CCM_REPORT_FILE=%s.report", agent->log_path) < 0)
+            env_report = NULL;
+        else
+            unlink (strchr (env_report, '=') + 1);
+        snprintf (env_review, sizeof env_review, "CCM_REVIEW_TASK_ID=%s", agent->review_of);
+    }
 
     //  tmux [new-session -d -s S | new-window -t =S:] -n SHORT -c WT -P -F ID
     //       -- env -u CLAUDECODE CCM_...=... AGENT ARGV...
@@ -151,6 +160,10 @@ exec_tmux_spawn (exec_t *self, exec_agent_t *agent, char **argv, char **error)
         }
     }
     int pairs_end = n;
+    if (env_report) {
+        args[n++] = env_report;
+        args[n++] = env_review;
+    }
     //  sh only waits for the agent and writes its status: the agent's argv
     //  reaches it as "$@", word for word, never read by the shell.
     args[n++] = env_exit ? env_exit : "CCM_EXIT_FILE=/dev/null";
@@ -193,6 +206,7 @@ exec_tmux_spawn (exec_t *self, exec_agent_t *agent, char **argv, char **error)
     free (pipe);
     free (env_worktree);
     free (env_exit);
+    free (env_report);
     ccm_proc_chomp (out);
     if (rc != 0 || !out || out[0] != '@') {
         if (asprintf (error, "tmux could not start the agent: %s",

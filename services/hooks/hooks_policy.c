@@ -21,6 +21,7 @@
 #include "hooks_internal.h"
 
 #include "ccm_log.h"
+#include "ccm_msg.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -70,19 +71,6 @@ hooks_policy_destroy (hooks_policy_t **self_p)
     }
 }
 
-static int s_fail (char **error, const char *format, ...) __attribute__ ((format (printf, 2, 3)));
-
-static int
-s_fail (char **error, const char *format, ...)
-{
-    va_list args;
-    va_start (args, format);
-    if (vasprintf (error, format, args) < 0)
-        *error = NULL;
-    va_end (args);
-    return -1;
-}
-
 //  Compiles the regex in rule's key, if present. Returns 0 or -1 + *error.
 static int
 s_compile (cJSON *rule, const char *key, const char *name, regex_t *regex, bool *has, char **error)
@@ -91,13 +79,13 @@ s_compile (cJSON *rule, const char *key, const char *name, regex_t *regex, bool 
     if (!item)
         return 0;
     if (!cJSON_IsString (item))
-        return s_fail (error, "rule '%s': \"%s\" must be a string (a regular expression)", name,
-                       key);
+        return ccm_set_error (error, "rule '%s': \"%s\" must be a string (a regular expression)",
+                              name, key);
     int rc = regcomp (regex, item->valuestring, REG_EXTENDED | REG_NOSUB);
     if (rc) {
         char message[256];
         regerror (rc, regex, message, sizeof message);
-        return s_fail (error, "rule '%s': \"%s\": %s", name, key, message);
+        return ccm_set_error (error, "rule '%s': \"%s\": %s", name, key, message);
     }
     *has = true;
     return 0;
@@ -110,7 +98,7 @@ hooks_policy_load (const char *path, char **error)
     FILE *file = fopen (path, "rb");
     if (!file) {
         if (errno != ENOENT)
-            s_fail (error, "%s: %s", path, strerror (errno));
+            ccm_set_error (error, "%s: %s", path, strerror (errno));
         return NULL;
     }
     char *text = malloc (1 << 20);
@@ -126,14 +114,14 @@ hooks_policy_load (const char *path, char **error)
     cJSON *fail = cJSON_GetObjectItemCaseSensitive (json, "fail");
     int rc = 0;
     if (!cJSON_IsObject (json))
-        rc = s_fail (error, "%s: not a JSON object", path);
+        rc = ccm_set_error (error, "%s: not a JSON object", path);
     else if (fail
              && !(cJSON_IsString (fail)
                   && (strcmp (fail->valuestring, "open") == 0
                       || strcmp (fail->valuestring, "closed") == 0)))
-        rc = s_fail (error, "%s: \"fail\" must be \"open\" or \"closed\"", path);
+        rc = ccm_set_error (error, "%s: \"fail\" must be \"open\" or \"closed\"", path);
     else if (rules && !cJSON_IsArray (rules))
-        rc = s_fail (error, "%s: \"rules\" must be an array", path);
+        rc = ccm_set_error (error, "%s: \"rules\" must be an array", path);
     self->fail_closed = rc == 0 && fail && strcmp (fail->valuestring, "closed") == 0;
     self->rules = calloc ((size_t) cJSON_GetArraySize (rules) + 1, sizeof *self->rules);
     cJSON *rule;
@@ -151,11 +139,11 @@ hooks_policy_load (const char *path, char **error)
         snprintf (fallback, sizeof fallback, "rule %d", self->count);
         r->name = strdup (name ? name : fallback);
         if (!cJSON_IsObject (rule))
-            rc = s_fail (error, "%s: %s: must be an object", path, r->name);
+            rc = ccm_set_error (error, "%s: %s: must be an object", path, r->name);
         else if (!action
                  || (strcmp (action, "deny") && strcmp (action, "allow") && strcmp (action, "ask")))
-            rc = s_fail (error, "%s: rule '%s': \"action\" must be deny, allow or ask", path,
-                         r->name);
+            rc = ccm_set_error (error, "%s: rule '%s': \"action\" must be deny, allow or ask", path,
+                                r->name);
         if (rc)
             break;
         r->action = strdup (action);

@@ -60,7 +60,11 @@ typedef struct {
     int max_attempts;
     int64_t heartbeat_ms;
     int liveness;
-    bool dirty;  //  something changed: run a pass
+    bool dirty;                 //  something changed: run a pass
+    char sync_state[16];        //  the store's sync.state: LocalOnly, Online...
+    bool connected;             //  sync is Online or Syncing
+    int64_t wait_connection_s;  //  how long a requires_supabase task may wait, by default
+    zhashx_t *waitconn;         //  task id -> why it waits for a connection (this pass)
 } s_router_t;
 
 static void
@@ -208,6 +212,54 @@ s_load_systems (s_router_t *self)
     self->dirty = true;
 }
 
+//  Reads the sync hub's connectivity from the store.
+static void
+s_load_sync (s_router_t *self)
+{
+    cJSON *reply = s_call (self, "sync.state", cJSON_CreateObject (), false);
+    cJSON *sync = cJSON_GetObjectItem (reply, "sync");
+    const char *state = cJSON_GetStringValue (cJSON_GetObjectItem (sync, "state"));
+    if (state) {
+        snprintf (self->sync_state, sizeof self->sync_state, "%s", state);
+        self->connected = cJSON_IsTrue (cJSON_GetObjectItem (sync, "connected"));
+    }
+    cJSON_Delete (reply);
+}
+
+//  A requires_supabase task while sync is not connected: it waits in
+//  WaitConnection, or fails once it has waited longer than its timeout_s
+//  (router.wait_connection_s without one), counted from its creation.
+//  Returns true if the task is held here.
+static bool
+s_hold_for_connection (s_router_t *self, cJSON *task, const char *id)
+{
+    if (self->connected || !cJSON_IsTrue (cJSON_GetObjectItem (task, "requires_supabase")))
+        return false;
+    route_task_remove (self->route, id);
+    cJSON *timeout = cJSON_GetObjectItem (task, "timeout_s");
+    int64_t limit_s =
+        cJSON_IsNumber (timeout) ? (int64_t) timeout->valuedouble : self->wait_connection_s;
+    int64_t created = 0;
+    ccm_iso_ms (cJSON_GetStringValue (cJSON_GetObjectItem (task, "created_at")), &created);
+    if (ccm_wall_ms () - created >= limit_s * 1000) {
+        char reason[160];
+        snprintf (reason, sizeof reason,
+                  "WaitConnection timed out: sync was not connected within %lld s (it is %s)",
+                  (long long) limit_s, self->sync_state);
+        cJSON *body = cJSON_CreateObject ();
+        cJSON_AddStringToObject (body, "task", id);
+        cJSON_AddStringToObject (body, "to", "failed");
+        cJSON_AddStringToObject (body, "reason", reason);
+        cJSON_Delete (s_call (self, "task.transition", body, true));
+        ccm_info ("task %.8s: %s", id, reason);
+        return true;
+    }
+    char *reason =
+        zsys_sprintf ("WaitConnection: waits for sync to connect (sync is %s)", self->sync_state);
+    zhashx_update (self->waitconn, id, reason);
+    return true;
+}
+
 //  Reads the queued tasks into the route (all of them, page by page);
 //  forgets queued ones that are no longer. Returns the ids read (caller
 //  destroys).
@@ -231,6 +283,8 @@ s_load_queue (s_router_t *self)
             if (!id)
                 continue;
             zhashx_insert (queued, id, "");
+            if (s_hold_for_connection (self, task, id))
+                continue;
             int64_t *until = zhashx_lookup (self->deferred, id);
             if (until && *until > now)
                 continue;
@@ -240,9 +294,13 @@ s_load_queue (s_router_t *self)
             ccm_iso_ms (cJSON_GetStringValue (cJSON_GetObjectItem (task, "created_at")), &seq);
             char *requires =
                 cJSON_PrintUnformatted (cJSON_GetObjectItem (task, "requires_context_metadata"));
+            //  A review runs where the worktree it reviews is.
+            const char *system = cJSON_GetStringValue (cJSON_GetObjectItem (task, "system_id"));
+            if (!system)
+                system = cJSON_GetStringValue (cJSON_GetObjectItem (task, "review_system_id"));
             if (route_task_add (
                     self->route, id, cJSON_GetStringValue (cJSON_GetObjectItem (task, "priority")),
-                    seq, cJSON_GetStringValue (cJSON_GetObjectItem (task, "system_id")),
+                    seq, system,
                     cJSON_GetStringValue (cJSON_GetObjectItem (task, "requires_project")),
                     requires))
                 ccm_warn ("task %.8s: %s", id, route_error (self->route));
@@ -329,6 +387,7 @@ static void
 s_pass (s_router_t *self)
 {
     self->dirty = false;
+    zhashx_purge (self->waitconn);
     zhashx_t *queued = s_load_queue (self);
     route_decision_t decision;
     while (route_next (self->route, &decision))
@@ -336,7 +395,9 @@ s_pass (s_router_t *self)
     //  What still waits says why.
     for (void *item = zhashx_first (queued); item; item = zhashx_next (queued)) {
         const char *id = zhashx_cursor (queued);
-        const char *reason = route_task_reason (self->route, id);
+        const char *reason = zhashx_lookup (self->waitconn, id);
+        if (!reason)
+            reason = route_task_reason (self->route, id);
         if (reason)
             s_say_reason (self, id, reason);
     }
@@ -462,6 +523,8 @@ s_event (zloop_t *loop, zsock_t *reader, void *arg)
         char *topic = msg ? zmsg_popstr (msg) : NULL;
         if (topic && (strncmp (topic, "systems.", 8) == 0 || strncmp (topic, "contexts.", 9) == 0))
             s_load_systems (self);
+        else if (topic && strcmp (topic, "sync.state") == 0)
+            s_load_sync (self);
         else if (topic && strcmp (topic, "task.status") == 0) {
             //  A task that stopped frees its executor's slot.
             zframe_t *seq = zmsg_pop (msg);
@@ -566,6 +629,10 @@ router_main (ccm_config_t *config)
     self.max_attempts = (int) ccm_config_int (config, "store.max_attempts");
     self.running = zhashx_new ();
     zhashx_set_destructor (self.running, (zhashx_destructor_fn *) zstr_free);
+    self.waitconn = zhashx_new ();
+    zhashx_set_destructor (self.waitconn, (zhashx_destructor_fn *) zstr_free);
+    self.wait_connection_s = ccm_config_int (config, "router.wait_connection_s");
+    snprintf (self.sync_state, sizeof self.sync_state, "LocalOnly");
     self.store = ccm_client_new (ccm_config_str (config, "store.endpoint"),
                                  (int) ccm_config_int (config, "bus.timeout_ms"),
                                  (int) ccm_config_int (config, "bus.retries"));
@@ -575,11 +642,13 @@ router_main (ccm_config_t *config)
     if (self.store && self.dispatch && self.events) {
         zsock_set_subscribe (self.events, "systems.");
         zsock_set_subscribe (self.events, "contexts.");
+        zsock_set_subscribe (self.events, "sync.state");
         self.loop = zloop_new ();
         zloop_reader (self.loop, self.dispatch, s_dispatch_readable, &self);
         zloop_reader (self.loop, self.events, s_event, &self);
         zloop_timer (self.loop, (size_t) self.heartbeat_ms, 0, s_tick, &self);
         s_load_systems (&self);
+        s_load_sync (&self);
         ccm_info ("ready: executors on %s, heartbeat %lld ms, liveness %d", endpoint,
                   (long long) self.heartbeat_ms, self.liveness);
         zloop_start (self.loop);
@@ -594,6 +663,7 @@ router_main (ccm_config_t *config)
     zhashx_destroy (&self.deferred);
     zhashx_destroy (&self.running);
     zhashx_destroy (&self.retries);
+    zhashx_destroy (&self.waitconn);
     zhashx_destroy (&self.reasons);
     zhashx_destroy (&self.execs);
     route_destroy (&self.route);

@@ -242,7 +242,8 @@ store_agent_upsert (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     "json_object('task_id', w.task_id, 'short_id', substr(w.task_id, 1, 8), 'project_id',"         \
     " w.project_id, 'project', p.name, 'worktree_path', w.worktree_path, 'branch_name',"           \
     " w.branch_name, 'base_branch', w.base_branch, 'status', w.status, 'created_at',"              \
-    " w.created_at, 'removed_at', w.removed_at, 'task_status', t.status)"                          \
+    " w.created_at, 'removed_at', w.removed_at, 'task_status', t.status, 'system_id', "            \
+    "w.system_id)"                                                                                 \
     " FROM task_worktrees w LEFT JOIN projects p ON p.id = w.project_id"                           \
     " LEFT JOIN tasks t ON t.id = w.task_id"
 
@@ -250,9 +251,10 @@ int
 store_worktree_upsert (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
 {
     const char *task_id = NULL, *project_id = NULL, *path = NULL, *branch = NULL;
-    const char *base = NULL, *status = NULL;
+    const char *base = NULL, *status = NULL, *system_id = NULL;
     bool removed = false;
     if (ccm_get_string (body, "task_id", true, 64, &task_id, err)
+        || ccm_get_string (body, "system_id", false, 64, &system_id, err)
         || ccm_get_string (body, "project_id", false, 64, &project_id, err)
         || ccm_get_string (body, "worktree_path", true, 4096, &path, err)
         || ccm_get_string (body, "branch_name", true, 255, &branch, err)
@@ -262,22 +264,28 @@ store_worktree_upsert (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *er
         return -1;
     sqlite3_stmt *stmt = store_db_prepare (
         self->db, "INSERT INTO task_worktrees (task_id, project_id, worktree_path, branch_name,"
-                  " base_branch, status, removed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6,"
-                  " CASE WHEN ?7 THEN " S_NOW " END)"
+                  " base_branch, status, removed_at, system_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6,"
+                  " CASE WHEN ?7 THEN " S_NOW " END, ?8)"
                   " ON CONFLICT (task_id) DO UPDATE SET status = ?6,"
-                  " removed_at = CASE WHEN ?7 THEN " S_NOW " ELSE removed_at END");
+                  " removed_at = CASE WHEN ?7 THEN " S_NOW " ELSE removed_at END,"
+                  " system_id = coalesce(?8, system_id)");
     int rc = SQLITE_ERROR;
     if (stmt) {
         const char *values[] = {task_id, project_id, path, branch, base, status};
         for (int i = 0; i < 6; i++)
             store_db_bind_text (stmt, i + 1, values[i]);
         sqlite3_bind_int (stmt, 7, removed);
+        store_db_bind_text (stmt, 8, system_id);
         rc = sqlite3_step (stmt);
         sqlite3_finalize (stmt);
     }
     if (rc != SQLITE_DONE) {
         if ((sqlite3_extended_errcode (self->db) & 0xff) == SQLITE_CONSTRAINT)
-            return ccm_fail (err, "not_found", "task_id", "task_id: no task '%s'", task_id);
+            return system_id
+                       ? ccm_fail (err, "not_found", "task_id",
+                                   "task_id, system_id: no task '%s' or no system '%s'", task_id,
+                                   system_id)
+                       : ccm_fail (err, "not_found", "task_id", "task_id: no task '%s'", task_id);
         return store_db_fail (self, err, "worktree.upsert");
     }
     stmt = store_db_prepare (self->db, "SELECT " S_WORKTREE_JSON " WHERE w.task_id = ?");

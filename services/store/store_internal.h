@@ -4,6 +4,7 @@
 #define STORE_INTERNAL_H_INCLUDED
 
 #include "ccm_config.h"
+#include "ccm_id.h"
 #include "ccm_msg.h"
 #include "store.h"
 
@@ -84,7 +85,9 @@ int64_t store_db_last_seq (sqlite3 *db);
     " 'created_at', t.created_at, 'updated_at', t.updated_at, 'started_at', t.started_at,"         \
     " 'completed_at', t.completed_at, 'agent_profile', t.agent_profile, 'timeout_s', t.timeout_s," \
     " 'depends_on', (SELECT json_group_array(depends_on) FROM task_dependencies"                   \
-    " WHERE task_id = t.id))"                                                                      \
+    " WHERE task_id = t.id),"                                                                      \
+    " 'review_system_id', CASE t.task_type WHEN 'supervisory' THEN (SELECT w.system_id"            \
+    " FROM task_worktrees w WHERE w.task_id = t.parent_task_id) END)"                              \
     " FROM tasks t LEFT JOIN projects p ON p.id = t.project_id"
 
 //  Moves task id to status to (the state machine decides), records a
@@ -92,6 +95,11 @@ int64_t store_db_last_seq (sqlite3 *db);
 //  lock holder (locked_by, for "assigned"), and adds the TASK to reply if not NULL.
 int store_task_move (store_t *self, const char *id, const char *to, const char *reason,
                      cJSON *result, const char *locked_by, cJSON *reply, ccm_error_t *err);
+
+//  Finds a task by full id or unique prefix of at least 4 hex characters;
+//  writes the full id into out. Errors name field.
+int store_task_resolve (store_t *self, const char *field, const char *ref,
+                        char out[CCM_UUID_LEN + 1], ccm_error_t *err);
 
 //  Handlers, by module.
 store_handler_fn store_ping, store_stats;
@@ -104,6 +112,7 @@ store_handler_fn store_events_since;
 store_handler_fn store_system_list, store_context_list, store_system_status;
 store_handler_fn store_system_register, store_context_upsert, store_task_claim, store_agent_upsert,
     store_worktree_upsert, store_worktree_list;
+store_handler_fn store_sync_state, store_sync_set_state, store_report_add, store_report_list;
 
 //  Publishes every event committed since the last call on the PUB socket.
 void store_events_publish (store_t *self);

@@ -59,6 +59,10 @@ static const struct {
     {"agent.upsert", true, false, store_agent_upsert},
     {"worktree.upsert", true, false, store_worktree_upsert},
     {"worktree.list", false, false, store_worktree_list},
+    {"sync.state", false, false, store_sync_state},
+    {"sync.set_state", true, false, store_sync_set_state},
+    {"report.add", true, false, store_report_add},
+    {"report.list", false, false, store_report_list},
 };
 
 //  A reply waiting for COMMIT.

@@ -68,10 +68,9 @@ s_require_waiting (store_t *self, const char *id, const char *rule, ccm_error_t 
     return 0;
 }
 
-//  Finds a task by full id or unique prefix; writes the full id into out.
-static int
-s_resolve_task (store_t *self, const char *field, const char *ref, char out[CCM_UUID_LEN + 1],
-                ccm_error_t *err)
+int
+store_task_resolve (store_t *self, const char *field, const char *ref, char out[CCM_UUID_LEN + 1],
+                    ccm_error_t *err)
 {
     size_t len = strlen (ref);
     if (len < 4 || len > CCM_UUID_LEN || strspn (ref, "0123456789abcdef-") != len)
@@ -392,7 +391,7 @@ s_add_dependencies (store_t *self, const char *task_id, cJSON *refs, ccm_error_t
             rc = ccm_fail (err, "bad_field", field, "%s: must be a task id", field);
             break;
         }
-        if (s_resolve_task (self, field, ref->valuestring, dep, err)) {
+        if (store_task_resolve (self, field, ref->valuestring, dep, err)) {
             rc = -1;
             break;
         }
@@ -416,6 +415,43 @@ s_add_dependencies (store_t *self, const char *task_id, cJSON *refs, ccm_error_t
     sqlite3_finalize (cycle);
     sqlite3_finalize (insert);
     return rc;
+}
+
+//  The parent rules: a supervisory task names the task it reviews (not
+//  another review); any other task may name a parent only if that parent
+//  is a manager (its subtasks). Writes the parent's project name, if any.
+static int
+s_check_parent (store_t *self, const char *task_type, const char *parent_id, char project[65],
+                ccm_error_t *err)
+{
+    bool review = strcmp (task_type, "supervisory") == 0;
+    if (!parent_id)
+        return review ? ccm_fail (err, "bad_field", "parent_task_id",
+                                  "parent_task_id: a supervisory task names the task it reviews")
+                      : 0;
+    sqlite3_stmt *stmt = store_db_prepare (
+        self->db, "SELECT t.task_type, coalesce(p.name, t.requires_project) FROM tasks t"
+                  " LEFT JOIN projects p ON p.id = t.project_id WHERE t.id = ?");
+    if (!stmt)
+        return store_db_fail (self, err, "parent_task_id");
+    sqlite3_bind_text (stmt, 1, parent_id, -1, SQLITE_STATIC);
+    char type[16] = "";
+    if (sqlite3_step (stmt) == SQLITE_ROW) {
+        snprintf (type, sizeof type, "%s", sqlite3_column_text (stmt, 0));
+        const unsigned char *name = sqlite3_column_text (stmt, 1);
+        snprintf (project, 65, "%s", name ? (const char *) name : "");
+    }
+    sqlite3_finalize (stmt);
+    if (review && strcmp (type, "supervisory") == 0)
+        return ccm_fail (err, "bad_field", "parent_task_id",
+                         "parent_task_id: task %.8s is itself a review; review its worker task",
+                         parent_id);
+    if (!review && strcmp (type, "manager") != 0)
+        return ccm_fail (err, "bad_field", "parent_task_id",
+                         "parent_task_id: task %.8s is a %s task; only a manager task has"
+                         " subtasks (a review is task_type supervisory)",
+                         parent_id, type);
+    return 0;
 }
 
 int
@@ -447,8 +483,17 @@ store_task_add (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     char project_id[CCM_UUID_LEN + 1] = "", project_name[65] = "", parent_id[CCM_UUID_LEN + 1];
     if (project && s_resolve_project (self, "project", project, project_id, project_name, err))
         return -1;
-    if (parent && s_resolve_task (self, "parent_task_id", parent, parent_id, err))
+    if (parent && store_task_resolve (self, "parent_task_id", parent, parent_id, err))
         return -1;
+    char parent_project[65] = "";
+    if (s_check_parent (self, task_type, parent ? parent_id : NULL, parent_project, err))
+        return -1;
+    //  A review or a subtask works on its parent's project unless told otherwise.
+    if (!project && !requires_project && *parent_project) {
+        project = parent_project;
+        if (s_resolve_project (self, "project", project, project_id, project_name, err))
+            return -1;
+    }
     if (system_id) {
         sqlite3_stmt *stmt = store_db_prepare (self->db, "SELECT 1 FROM systems WHERE id = ?");
         if (!stmt)
@@ -512,6 +557,15 @@ store_task_add (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
         return store_db_fail (self, err, "task.add");
     if (depends_on && s_add_dependencies (self, id, depends_on, err))
         return -1;
+    //  A review waits for the task it reviews to complete.
+    if (strcmp (task_type, "supervisory") == 0) {
+        cJSON *reviewed = cJSON_CreateArray ();
+        cJSON_AddItemToArray (reviewed, cJSON_CreateString (parent_id));
+        rc = s_add_dependencies (self, id, reviewed, err);
+        cJSON_Delete (reviewed);
+        if (rc)
+            return -1;
+    }
     if (hold)
         return s_add_task (self, id, reply, "task.add", err);
     return store_task_move (self, id, "queued", NULL, NULL, NULL, reply, err);
@@ -525,7 +579,7 @@ store_task_depend (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     char id[CCM_UUID_LEN + 1];
     if (ccm_get_string (body, "task", true, 64, &ref, err)
         || ccm_get_array (body, "depends_on", true, 1, 256, &depends_on, err)
-        || s_resolve_task (self, "task", ref, id, err))
+        || store_task_resolve (self, "task", ref, id, err))
         return -1;
     //  Only a task that has not started can be made to wait.
     if (s_require_waiting (self, id, "only a created or queued task can get dependencies", err))
@@ -542,7 +596,7 @@ store_task_reason (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     char id[CCM_UUID_LEN + 1];
     if (ccm_get_string (body, "task", true, 64, &ref, err)
         || ccm_get_string (body, "reason", true, 512, &reason, err)
-        || s_resolve_task (self, "task", ref, id, err))
+        || store_task_resolve (self, "task", ref, id, err))
         return -1;
     //  Only a waiting task has a reason to show.
     if (s_require_waiting (self, id, "only a waiting task takes a reason", err))
@@ -569,7 +623,7 @@ store_task_get (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     const char *ref = NULL;
     char id[CCM_UUID_LEN + 1];
     if (ccm_get_string (body, "task", true, 64, &ref, err)
-        || s_resolve_task (self, "task", ref, id, err))
+        || store_task_resolve (self, "task", ref, id, err))
         return -1;
     if (s_add_task (self, id, reply, "task.get", err))
         return -1;
@@ -600,18 +654,21 @@ store_task_get (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
 int
 store_task_list (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
 {
-    const char *status = NULL, *project = NULL;
+    const char *status = NULL, *project = NULL, *parent = NULL;
     int64_t limit = 100, offset = 0;
     if (ccm_get_enum (body, "status", false, store_fsm_statuses, &status, err)
         || ccm_get_string (body, "project", false, 128, &project, err)
+        || ccm_get_string (body, "parent", false, 64, &parent, err)
         || ccm_get_int (body, "limit", false, 1, 1000, &limit, err)
         || ccm_get_int (body, "offset", false, 0, INT32_MAX, &offset, err))
         return -1;
-    char project_id[CCM_UUID_LEN + 1] = "", project_name[65];
+    char project_id[CCM_UUID_LEN + 1] = "", project_name[65], parent_id[CCM_UUID_LEN + 1];
     if (project && s_resolve_project (self, "project", project, project_id, project_name, err))
         return -1;
-    const char *where =
-        " WHERE (?1 IS NULL OR t.status = ?1) AND (?2 IS NULL OR t.project_id = ?2)";
+    if (parent && store_task_resolve (self, "parent", parent, parent_id, err))
+        return -1;
+    const char *where = " WHERE (?1 IS NULL OR t.status = ?1) AND (?2 IS NULL OR t.project_id = ?2)"
+                        " AND (?5 IS NULL OR t.parent_task_id = ?5)";
     char sql[2048];
     snprintf (sql, sizeof sql,
               "SELECT %s%s ORDER BY t.created_at DESC, t.rowid DESC LIMIT ?3 OFFSET ?4",
@@ -623,6 +680,7 @@ store_task_list (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     store_db_bind_text (stmt, 2, project ? project_id : NULL);
     sqlite3_bind_int64 (stmt, 3, limit);
     sqlite3_bind_int64 (stmt, 4, offset);
+    store_db_bind_text (stmt, 5, parent ? parent_id : NULL);
     int rows = store_db_collect_json (stmt, cJSON_AddArrayToObject (reply, "tasks"));
     sqlite3_finalize (stmt);
     if (rows < 0)
@@ -633,6 +691,7 @@ store_task_list (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
         return store_db_fail (self, err, "task.list");
     store_db_bind_text (stmt, 1, status);
     store_db_bind_text (stmt, 2, project ? project_id : NULL);
+    store_db_bind_text (stmt, 5, parent ? parent_id : NULL);
     int64_t total = sqlite3_step (stmt) == SQLITE_ROW ? sqlite3_column_int64 (stmt, 0) : 0;
     sqlite3_finalize (stmt);
     cJSON_AddNumberToObject (reply, "total", (double) total);
@@ -650,7 +709,7 @@ store_task_transition (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *er
         || ccm_get_string (body, "reason", false, 4096, &reason, err)
         || ccm_get_object (body, "result", false, &result, err)
         || ccm_get_string (body, "locked_by", false, 128, &locked_by, err)
-        || s_resolve_task (self, "task", ref, id, err))
+        || store_task_resolve (self, "task", ref, id, err))
         return -1;
     return store_task_move (self, id, to, reason, result, locked_by, reply, err);
 }
@@ -663,7 +722,7 @@ store_task_result (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     char id[CCM_UUID_LEN + 1];
     if (ccm_get_string (body, "task", true, 64, &ref, err)
         || ccm_get_object (body, "result", true, &result, err)
-        || s_resolve_task (self, "task", ref, id, err) || s_add_result (self, id, result, err))
+        || store_task_resolve (self, "task", ref, id, err) || s_add_result (self, id, result, err))
         return -1;
     cJSON_AddStringToObject (reply, "task_id", id);
     return 0;
@@ -677,7 +736,7 @@ store_task_progress (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     char id[CCM_UUID_LEN + 1], event_id[CCM_UUID_LEN + 1];
     if (ccm_get_string (body, "task", true, 64, &ref, err)
         || ccm_get_object (body, "data", true, &data, err)
-        || s_resolve_task (self, "task", ref, id, err))
+        || store_task_resolve (self, "task", ref, id, err))
         return -1;
     char *text = cJSON_PrintUnformatted (data);
     if (text && strlen (text) > S_PROGRESS_MAX) {
@@ -712,7 +771,7 @@ store_task_cancel (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     char id[CCM_UUID_LEN + 1];
     if (ccm_get_string (body, "task", true, 64, &ref, err)
         || ccm_get_string (body, "reason", false, 4096, &reason, err)
-        || s_resolve_task (self, "task", ref, id, err))
+        || store_task_resolve (self, "task", ref, id, err))
         return -1;
     return store_task_move (self, id, "cancelled", reason, NULL, NULL, reply, err);
 }

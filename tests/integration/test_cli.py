@@ -119,13 +119,37 @@ class Tasks(CliTestCase):
     def test_task_add_options(self):
         self.cli("project", "add", "web", self.project_dir("web"))
         out, _ = self.cli("task", "add", "--project", "web", "--priority", "high",
-                          "--type", "supervisory", "--", "fix", "the", "login", "bug")
+                          "--type", "manager", "--", "fix", "the", "login", "bug")
         self.assertEqual(len(out.splitlines()), 1, f"one line: {out!r}")
         tid = out.strip()
         self.assertRegex(tid, UUID_RE, "task add prints the full id")
         row = self.store.query("SELECT t.prompt, t.priority, t.task_type, t.status, p.name FROM tasks t"
                                " LEFT JOIN projects p ON p.id = t.project_id WHERE t.id = ?", tid)
-        self.assertEqual(row, [("fix the login bug", "high", "supervisory", "queued", "web")])
+        self.assertEqual(row, [("fix the login bug", "high", "manager", "queued", "web")])
+
+        # A review names the task it reviews; without one it is refused, clearly.
+        code, _, err = self.store.run_cli("task", "add", "--type", "supervisory", "--", "look")
+        self.assertEqual(code, 1, err)
+        self.assertIn("parent_task_id: a supervisory task names the task it reviews", err)
+        review = self.cli("task", "add", "--review", tid[:8])[0].strip()
+        row = self.store.query("SELECT task_type, parent_task_id, status, p.name, t.prompt FROM"
+                               " tasks t LEFT JOIN projects p ON p.id = t.project_id"
+                               " WHERE t.id = ?", review)
+        self.assertEqual(row[0][:4], ("supervisory", tid, "queued", "web"),
+                         "the review takes the project of the task it reviews")
+        self.assertIn(f"Review the work of task {tid[:8]}", row[0][4])
+        self.assertIn("CCM_REPORT_FILE", row[0][4])
+        self.assertEqual(self.store.query("SELECT depends_on FROM task_dependencies WHERE"
+                                          " task_id = ?", review), [(tid,)])
+        # Subtasks hang only under a manager.
+        sub = self.cli("task", "add", "--parent", tid[:8], "--", "part one")[0].strip()
+        code, _, err = self.store.run_cli("task", "add", "--parent", sub[:8], "--", "deeper")
+        self.assertEqual(code, 1, err)
+        self.assertIn("only a manager task has subtasks", err)
+        shown = self.cli_json("task", "show", tid[:8], "--json")
+        self.assertEqual({t["id"] for t in shown["subtasks"]}, {review, sub})
+        out, _ = self.cli("task", "show", tid[:8])
+        self.assertIn(f"subtask        {sub[:8]} queued\n", out)
 
         out, _ = self.cli("task", "add", "--", "hello")
         row = self.store.query("SELECT prompt, priority, task_type, project_id FROM tasks WHERE id = ?",
@@ -179,8 +203,10 @@ class Tasks(CliTestCase):
         self.assertEqual(shown["task"]["id"], tid)
         self.assertEqual(shown["task"]["prompt"], "show me")
         self.assertIsInstance(shown["events"], list)
-        self.assertEqual(shown, {k: v for k, v in self.store.ok("task.get", task=tid).items()
-                                 if k not in ("v", "id")})
+        self.assertEqual({k: v for k, v in shown.items() if k not in ("reports", "subtasks")},
+                         {k: v for k, v in self.store.ok("task.get", task=tid).items()
+                          if k not in ("v", "id")})
+        self.assertEqual((shown["reports"], shown["subtasks"]), ([], []))
         out, _ = self.cli("task", "show", tid[:4] if self.unique4(tid) else tid)
         self.assertIn(tid, out)
         self.assertIn("show me", out)

@@ -146,7 +146,11 @@ class TaskAdd(ccmtest.StoreTestCase):
         for priority in ("low", "normal", "high", "urgent"):
             self.assertEqual(self.add_task("p", priority=priority)["priority"], priority)
         for task_type in ("worker", "supervisory", "manager"):
-            self.assertEqual(self.add_task("t", task_type=task_type)["task_type"], task_type)
+            extra = {"parent_task_id": task["id"]} if task_type == "supervisory" else {}
+            added = self.add_task("t", task_type=task_type, **extra)
+            self.assertEqual(added["task_type"], task_type)
+            self.assertEqual(added["parent_task_id"], extra.get("parent_task_id"))
+            self.assertEqual(added["depends_on"], [task["id"]] if extra else [])
 
 
 class Projects(ccmtest.StoreTestCase):
