@@ -42,8 +42,9 @@ static const ccm_config_key_t s_keys[] = {
      "how long a requires_supabase task without timeout_s waits for sync to connect"},
     {"executor.projects", CCM_CFG_STRING, "",
      "comma-separated projects this executor holds (empty: every one present here)"},
-    {"executor.dispatch", CCM_CFG_STRING, "direct",
-     "how the executor gets tasks: direct (claims them) or router"},
+    {"executor.dispatch", CCM_CFG_STRING, "router",
+     "how the executor gets tasks: router (from ccm-router) or direct (claims them itself,"
+     " for a store without a router)"},
     {"bus.timeout_ms", CCM_CFG_INT, "3000", "request timeout before a retry"},
     {"bus.retries", CCM_CFG_INT, "3", "retries of a request (Lazy Pirate)"},
     {"up.restart_delay_ms", CCM_CFG_INT, "500", "first delay before restarting a service"},

@@ -432,12 +432,20 @@ s_start_task (s_runner_t *self, s_job_t *job, cJSON *spec)
     cJSON_AddStringToObject (body, "idem", key);
     cJSON_AddStringToObject (body, "prompt", filled);
     free (filled);
-    const char *type = cJSON_GetStringValue (cJSON_GetObjectItem (spec, "type"));
-    cJSON_AddStringToObject (body, "task_type", type ? type : "supervisory");
     const char *project = cJSON_GetStringValue (cJSON_GetObjectItem (spec, "project"));
     const char *parent = cJSON_GetStringValue (cJSON_GetObjectItem (job->event, "task_id"));
+    if (parent && !ccm_uuid_valid (parent))
+        parent = NULL;
+    //  By default a follow-up reviews the event's task (a supervisory task
+    //  names the task it reviews); an event without a task gets a worker.
+    const char *type = cJSON_GetStringValue (cJSON_GetObjectItem (spec, "type"));
+    if (!type)
+        type = parent ? "supervisory" : "worker";
+    cJSON_AddStringToObject (body, "task_type", type);
+    if (parent && strcmp (type, "supervisory") == 0)
+        cJSON_AddStringToObject (body, "parent_task_id", parent);
     cJSON *reply = NULL;
-    if (!project && parent && ccm_uuid_valid (parent)) {
+    if (!project && parent) {
         //  By default the follow-up goes to the project of the event's task.
         cJSON *get = cJSON_CreateObject ();
         cJSON_AddStringToObject (get, "task", parent);

@@ -24,6 +24,7 @@
 #include "ccm_id.h"
 #include "ccm_log.h"
 #include "ccm_msg.h"
+#include "ccm_notify.h"
 
 #include <string.h>
 
@@ -65,6 +66,7 @@ typedef struct {
     bool connected;             //  sync is Online or Syncing
     int64_t wait_connection_s;  //  how long a requires_supabase task may wait, by default
     zhashx_t *waitconn;         //  task id -> why it waits for a connection (this pass)
+    bool watchdog;              //  systemd wants WATCHDOG=1 (sent at every tick)
 } s_router_t;
 
 static void
@@ -574,6 +576,9 @@ s_tick (zloop_t *loop, int timer_id, void *arg)
     (void) loop, (void) timer_id;
     s_router_t *self = arg;
     int64_t now = ccm_mono_ms ();
+    //  The loop turns: tell systemd (its watchdog, when it set one).
+    if (self->watchdog)
+        ccm_notify ("WATCHDOG=1");
     for (s_exec_t *exec = zhashx_first (self->execs); exec; exec = zhashx_next (self->execs))
         if (exec->online && now - exec->heard_ms > self->heartbeat_ms * self->liveness) {
             char reason[96];
@@ -632,6 +637,7 @@ router_main (ccm_config_t *config)
     self.waitconn = zhashx_new ();
     zhashx_set_destructor (self.waitconn, (zhashx_destructor_fn *) zstr_free);
     self.wait_connection_s = ccm_config_int (config, "router.wait_connection_s");
+    self.watchdog = ccm_notify_watchdog_ms () > 0;
     snprintf (self.sync_state, sizeof self.sync_state, "LocalOnly");
     self.store = ccm_client_new (ccm_config_str (config, "store.endpoint"),
                                  (int) ccm_config_int (config, "bus.timeout_ms"),

@@ -63,6 +63,7 @@ class ExecutorTestCase(ccmtest.CcmTestCase):
         self.home = self.make_home(start=True, extra_env=GIT_ENV)
         self.machine_id = "it-" + uuid.uuid4().hex
         self.executors = []
+        self.dispatcher = None  # the ccm-router that start_executor starts
         # Registered after make_home's cleanup, so it runs first (LIFO): the
         # executor, tmux and the agents are gone before the home is checked.
         self.addCleanup(self._stop_everything)
@@ -117,9 +118,23 @@ class ExecutorTestCase(ccmtest.CcmTestCase):
         with open(os.path.join(self.home.path, "profiles.json"), "w", encoding="utf-8") as f:
             json.dump(profiles, f)
 
+    def start_dispatcher(self):
+        """The ccm-router that executors get their tasks from (executor.dispatch's
+        default), started once per test."""
+        if self.dispatcher and self.dispatcher.poll() is None:
+            return
+        with open(self.stderr_path, "ab") as err:
+            self.dispatcher = subprocess.Popen(
+                [os.path.join(ccmtest.BIN_DIR, "ccm-router")], env=self.home.env,
+                stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=self.home.path)
+        sock = os.path.join(self.home.path, "run", "router.ipc")
+        wait_for("the router to listen", lambda: os.path.exists(sock), 10)
+
     def start_executor(self, extra_env=None):
         if not os.access(EXECUTOR_BIN, os.X_OK):
             raise AssertionError(f"{EXECUTOR_BIN} is missing: build first")
+        if (extra_env or {}).get("CCM_EXECUTOR_DISPATCH", "router") == "router":
+            self.start_dispatcher()
         env = dict(self.home.env)
         env.update({"CCM_EXECUTOR_POLL_MS": "100", "CCM_EXECUTOR_KILL_GRACE_MS": "1000",
                     "CCM_EXECUTOR_MACHINE_ID": self.machine_id, "CCM_EXECUTOR_CAPACITY": "8"})
@@ -161,6 +176,8 @@ class ExecutorTestCase(ccmtest.CcmTestCase):
     def _stop_everything(self):
         for proc in self.executors:
             self.stop_executor(proc)
+        if self.dispatcher:
+            self.stop_executor(self.dispatcher)
         self.tmux("kill-server")
         store_pid = self.home.pid
         # Agents die with their tmux server (SIGHUP); give them a moment.
@@ -876,14 +893,24 @@ class TestBadInput(ExecutorTestCase):
         self.assertEqual(self.stop_executor(executor), 0, "the executor did not exit 0 on SIGTERM")
 
     def test_project_path_missing(self):
+        """An executor holds no project whose path is missing here: routed,
+        the task waits and says why; claimed directly, it fails naming the path."""
         missing = os.path.join(self.home.path, "vanished-project")
         self.home.ok("project.add", name="gone", path=missing)
         executor = self.start_executor()
         task_id = self.add_task("echo hi", project="gone")
+        wait_for("the reason", lambda: self.home.query(
+            "SELECT 1 FROM tasks WHERE id = ? AND status = 'queued' AND status_reason ="
+            " 'no executor holds project gone'", task_id), 10, diagnose=self.diagnose)
+        self.assertAlive(executor)
+        self.stop_executor(executor)
+        self.stop_executor(self.dispatcher)
+
+        direct = self.start_executor({"CCM_EXECUTOR_DISPATCH": "direct"})
         task = self.wait_final(task_id, timeout=10)
         self.assertEqual(task["status"], "failed", task)
         self.assertIn(missing, task["status_reason"] or "", task)
-        self.assertAlive(executor)
+        self.assertAlive(direct)
 
 
 if __name__ == "__main__":

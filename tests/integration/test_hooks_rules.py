@@ -985,6 +985,8 @@ class TestAutomations(RulesTestCase):
         follow_id, prompt, task_type, metadata = by_parent[parent]
         self.assertEqual(prompt, f"Review what task {parent} changed; session \"{session}\" $(x)")
         self.assertEqual(task_type, "supervisory")
+        self.assertEqual(self.home.scalar("SELECT parent_task_id FROM tasks WHERE id = ?",
+                                          follow_id), parent, "the review names its task")
         self.assertEqual(json.loads(metadata), {"automation": "review", "parent_task": parent})
         self.assertEqual(by_parent[second_parent][1],
                          f"Review what task {second_parent} changed; "
