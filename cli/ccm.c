@@ -2,6 +2,8 @@
 
 #include "cli.h"
 
+#include "ccm_bus.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,7 +11,9 @@
 static const char s_help[] =
     "usage: ccm COMMAND [ARGS] [--json]\n"
     "\n"
-    "  up [--detach]                 start and supervise this machine's services\n"
+    "  up [--detach] [--role hub|worker|all]\n"
+    "                                start and supervise this machine's services (hub: store,\n"
+    "                                router, gateway, sync; worker: executor, hooks)\n"
     "  down                          stop them\n"
     "  status                        show the services and task counts\n"
     "  config                        show every setting, its value and its CCM_* variable\n"
@@ -17,8 +21,11 @@ static const char s_help[] =
     "  project list\n"
     "  task add [--project P] [--priority low|normal|high|urgent]\n"
     "           [--type worker|supervisory|manager] [--agent PROFILE] [--timeout S]\n"
-    "           [--system ID] [--requires KEY=VALUE]... [--depends-on ID]... -- PROMPT...\n"
+    "           [--system ID] [--requires KEY=VALUE]... [--depends-on ID]...\n"
+    "           [--parent ID] [--requires-supabase] -- PROMPT...\n"
     "                                submit a task; prints its id\n"
+    "  task add --review ID [...] [-- PROMPT...]\n"
+    "                                a supervisory task reviewing task ID in its worktree\n"
     "  task list [--status S] [--project P] [--limit N]\n"
     "  task show ID                  a task and its events (ID: a unique prefix works)\n"
     "  task cancel ID\n"
@@ -32,6 +39,8 @@ static const char s_help[] =
     "  systems                       the machines (executors) known, their load and tags\n"
     "  contexts [--system ID] [--project NAME]\n"
     "                                the projects each machine holds, and how fresh\n"
+    "  keys gen [--force] | trust FILE [--name NAME] | list\n"
+    "                                CurveZMQ keys for tcp:// endpoints between machines\n"
     "\n"
     "Every listing takes --json. CCM_HOME (default ~/.ccm) selects the instance.\n";
 
@@ -43,7 +52,7 @@ static const struct {
     {"config", cli_cmd_config},   {"project", cli_cmd_project},   {"task", cli_cmd_task},
     {"events", cli_cmd_events},   {"worktree", cli_cmd_worktree}, {"logs", cli_cmd_logs},
     {"attach", cli_cmd_attach},   {"send", cli_cmd_send},         {"hooks", cli_cmd_hooks},
-    {"systems", cli_cmd_systems}, {"contexts", cli_cmd_contexts},
+    {"systems", cli_cmd_systems}, {"contexts", cli_cmd_contexts}, {"keys", cli_cmd_keys},
 };
 
 int
@@ -73,6 +82,13 @@ main (int argc, char **argv)
     if (!cli.config) {
         int rc = cli_fail ("%s", error ? error : "cannot load config");
         free (error);
+        return rc;
+    }
+    //  Every command but keys talks over the bus, maybe over tcp://.
+    if (strcmp (argv[1], "keys") != 0 && ccm_bus_secure (cli.config, &error)) {
+        int rc = cli_fail ("%s", error ? error : "out of memory");
+        free (error);
+        ccm_config_destroy (&cli.config);
         return rc;
     }
     int rc = -1;

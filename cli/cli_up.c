@@ -28,6 +28,20 @@
 
 //  The services in start order; those whose binary is absent are skipped.
 static const char *const s_services[] = {"store", "router", "executor", "hooks", "sync", "gateway"};
+
+//  Which services a role runs: a hub holds the state and the brokers, a
+//  worker runs agents; "all" is everything on one machine.
+static bool
+s_in_role (const char *role, const char *service)
+{
+    static const char *const hub[] = {"store", "router", "gateway", "sync", NULL};
+    if (strcmp (role, "all") == 0)
+        return true;
+    bool on_hub = false;
+    for (const char *const *h = hub; *h; h++)
+        on_hub |= strcmp (*h, service) == 0;
+    return strcmp (role, "hub") == 0 ? on_hub : !on_hub;
+}
 #define S_NSERVICES    (sizeof s_services / sizeof s_services[0])
 #define S_MAX_DELAY_MS 10000
 
@@ -177,7 +191,7 @@ s_supervisor_running (cli_t *cli)
 
 //  The supervisor loop; returns the exit code.
 static int
-s_supervise (cli_t *cli, int lock_fd)
+s_supervise (cli_t *cli, int lock_fd, const char *role)
 {
     //  czmq would install its own SIGINT/SIGTERM handler at its first socket
     //  (the store pings); the supervisor keeps its own.
@@ -203,16 +217,22 @@ s_supervise (cli_t *cli, int lock_fd)
         memset (service, 0, sizeof *service);
         snprintf (service->path, sizeof service->path, "%s/ccm-%s", self, s_services[i]);
         service->delay_ms = first_delay;
-        if (access (service->path, X_OK) == 0)
+        if (s_in_role (role, s_services[i]) && access (service->path, X_OK) == 0)
             count++;
     }
-    if (count == 0 || strstr (services[0].path, "ccm-store") == NULL)
+    bool has_store = count > 0 && strstr (services[0].path, "ccm-store") != NULL;
+    if (strcmp (role, "worker") != 0 && !has_store)
         return cli_fail ("no ccm-store binary next to %s/ccm", self);
+    if (count == 0)
+        return cli_fail ("no service of role %s next to %s/ccm", role, self);
 
-    s_log ("ccm up: home %s, %zu service(s)", ccm_config_home (cli->config), count);
-    s_start (cli, &services[0]);
+    s_log ("ccm up: home %s, role %s, %zu service(s)", ccm_config_home (cli->config), role, count);
+    //  A worker's services reach the hub's store by themselves, and retry.
+    size_t first = has_store ? 1 : 0;
+    if (has_store)
+        s_start (cli, &services[0]);
     //  The other services need the store, so wait until it answers.
-    for (int64_t deadline = s_now () + 15000; !s_stop && s_now () < deadline;) {
+    for (int64_t deadline = s_now () + 15000; has_store && !s_stop && s_now () < deadline;) {
         if (s_ping (cli, NULL))
             break;
         int status;
@@ -224,7 +244,7 @@ s_supervise (cli_t *cli, int lock_fd)
         }
         usleep (20000);
     }
-    for (size_t i = 1; i < count && !s_stop; i++)
+    for (size_t i = first; i < count && !s_stop; i++)
         s_start (cli, &services[i]);
 
     while (!s_stop) {
@@ -293,12 +313,17 @@ int
 cli_cmd_up (cli_t *cli, int argc, char **argv)
 {
     bool detach = false;
+    const char *role = "all";
     for (int i = 0; i < argc; i++) {
         if (strcmp (argv[i], "--detach") == 0 || strcmp (argv[i], "-d") == 0)
             detach = true;
+        else if (strcmp (argv[i], "--role") == 0 && i + 1 < argc)
+            role = argv[++i];
         else
             return cli_usage ("up: unknown argument '%s'", argv[i]);
     }
+    if (strcmp (role, "all") && strcmp (role, "hub") && strcmp (role, "worker"))
+        return cli_usage ("up: --role must be hub, worker or all, not '%s'", role);
     const char *home = ccm_config_home (cli->config);
     char run[PATH_MAX], log_dir[PATH_MAX];
     snprintf (run, sizeof run, "ipc://%s/run/x", home);
@@ -311,7 +336,7 @@ cli_cmd_up (cli_t *cli, int argc, char **argv)
         return cli_fail ("ccm is already running for %s (pid %ld); 'ccm down' stops it", home,
                          s_supervisor_pid (cli));
     if (!detach)
-        return s_supervise (cli, lock_fd);
+        return s_supervise (cli, lock_fd, role);
 
     pid_t pid = fork ();
     if (pid < 0)
@@ -333,9 +358,18 @@ cli_cmd_up (cli_t *cli, int argc, char **argv)
         int len = snprintf (text, sizeof text, "%ld\n", (long) getpid ());
         if (ftruncate (lock_fd, 0) || pwrite (lock_fd, text, (size_t) len, 0) != len)
             s_log ("cannot write the pid file: %s", strerror (errno));
-        _exit (s_supervise (cli, lock_fd));
+        _exit (s_supervise (cli, lock_fd, role));
     }
     close (lock_fd);
+    if (strcmp (role, "worker") == 0) {
+        //  No store here: up once the supervisor runs; the hub may be away.
+        usleep (300000);
+        if (waitpid (pid, NULL, WNOHANG) == pid)
+            return cli_fail ("ccm up failed; see %s/ccm.log", log_dir);
+        printf ("ccm is up (worker): supervisor pid %ld, home %s, log %s/ccm.log\n", (long) pid,
+                home, log_dir);
+        return 0;
+    }
     for (int64_t deadline = s_now () + 15000; s_now () < deadline; usleep (50000)) {
         long store_pid = s_ping (cli, NULL);
         if (store_pid) {

@@ -6,7 +6,33 @@
 #ifndef CCM_BUS_H_INCLUDED
 #define CCM_BUS_H_INCLUDED
 
+#include "ccm_config.h"
+
 #include <czmq.h>
+
+//  CurveZMQ for every tcp:// socket. Loads this machine's certificate
+//  (bus.cert, with its secret part in bus.cert + "_secret", mode 0600),
+//  the directory of trusted peers' public certificates (bus.trusted) and
+//  the hub's public key (bus.server_key: 40 Z85 characters or the path of
+//  a public certificate file). A missing certificate is not an error here
+//  (IPC needs none: a tcp:// socket then fails to open, saying so); a
+//  malformed one is. Call once, before any socket. Returns 0, or -1 with
+//  *error set (caller frees).
+//  On tcp://, servers (binds) are CURVE servers whose clients zauth checks
+//  against bus.trusted (never CURVE_ALLOW_ANY), logging each refusal with
+//  the peer's address and counting it; clients (connects) are CURVE clients
+//  of bus.server_key. Both get ZMTP heartbeats (bus.heartbeat_ms) and a
+//  handshake limit (bus.handshake_ms).
+int ccm_bus_secure (ccm_config_t *config, char **error);
+
+//  Stops zauth and the refusal logger (at exit; safe to skip).
+void ccm_bus_secure_end (void);
+
+//  This machine's public key (Z85), or "" without a certificate.
+const char *ccm_bus_public_key (void);
+
+//  How many peers the tcp:// servers of this process refused so far.
+uint64_t ccm_bus_refusals (void);
 
 //  Makes sure an ipc:// endpoint's directory exists with mode 0700; does
 //  nothing for other transports. Returns 0, or -1 with errno set.

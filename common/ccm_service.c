@@ -2,6 +2,8 @@
 
 #include "ccm_service.h"
 
+#include "ccm_bus.h"
+
 #include "ccm_log.h"
 
 #include <czmq.h>
@@ -40,6 +42,13 @@ ccm_service_start (const char *name, const char *about, int argc, char **argv, i
     ccm_log_init (name, ccm_log_level_parse (ccm_config_str (config, "log_level")));
     if (mkdir (ccm_config_home (config), 0700) && errno != EEXIST) {
         ccm_error ("%s: %s", ccm_config_home (config), strerror (errno));
+        ccm_config_destroy (&config);
+        *exit_code = 1;
+        return NULL;
+    }
+    if (ccm_bus_secure (config, &error)) {
+        ccm_error ("cannot start: %s", error ? error : "out of memory");
+        free (error);
         ccm_config_destroy (&config);
         *exit_code = 1;
         return NULL;

@@ -67,6 +67,7 @@ typedef struct {
     int64_t wait_connection_s;  //  how long a requires_supabase task may wait, by default
     zhashx_t *waitconn;         //  task id -> why it waits for a connection (this pass)
     bool watchdog;              //  systemd wants WATCHDOG=1 (sent at every tick)
+    zhashx_t *keys;             //  system id -> the public key it registered with (tcp://)
 } s_router_t;
 
 static void
@@ -195,6 +196,9 @@ s_load_systems (s_router_t *self)
         if (id && route_system_set (self->route, id, tags, capacity, exec && exec->online))
             ccm_warn ("system %s: %s", id, route_error (self->route));
         free (tags);
+        const char *key = cJSON_GetStringValue (cJSON_GetObjectItem (system, "public_key"));
+        if (id && key)
+            zhashx_update (self->keys, id, strdup (key));
     }
     cJSON_Delete (reply);
     reply = s_call (self, "context.list", cJSON_CreateObject (), false);
@@ -455,13 +459,32 @@ s_set_online (s_router_t *self, s_exec_t *exec, bool online, const char *reason)
     }
 }
 
+//  Whether the peer of key (its frames' User-Id over tcp://, else NULL) may
+//  speak for system id: over tcp:// only the key that registered it can.
+static bool
+s_peer_is (s_router_t *self, const char *id, const char *key)
+{
+    if (!key || strlen (key) != 40 || strcmp (key, ccm_bus_public_key ()) == 0)
+        return true;
+    if (!zhashx_lookup (self->keys, id))
+        s_load_systems (self);
+    const char *known = zhashx_lookup (self->keys, id);
+    return known && strcmp (known, key) == 0;
+}
+
 static void
-s_heartbeat (s_router_t *self, zframe_t *identity, cJSON *body)
+s_heartbeat (s_router_t *self, zframe_t *identity, cJSON *body, const char *key)
 {
     const char *id = cJSON_GetStringValue (cJSON_GetObjectItem (body, "system_id"));
     cJSON *running = cJSON_GetObjectItem (body, "running");
     if (!id || !*id || strlen (id) >= ROUTE_ID_MAX || !cJSON_IsArray (running)) {
         ccm_warn ("a malformed HEARTBEAT (needs system_id and running); ignored");
+        return;
+    }
+    if (!s_peer_is (self, id, key)) {
+        ccm_warn ("a HEARTBEAT for system %.36s from key %s, which did not register it;"
+                  " ignored",
+                  id, key);
         return;
     }
     s_exec_t *exec = zhashx_lookup (self->execs, id);
@@ -502,7 +525,7 @@ s_dispatch_readable (zloop_t *loop, zsock_t *reader, void *arg)
                   : !frame ? "no body"
                            : "body not a JSON object");
     else if (strcmp (verb, "HEARTBEAT") == 0)
-        s_heartbeat (self, identity, body);
+        s_heartbeat (self, identity, body, zframe_meta (frame, "User-Id"));
     else
         ccm_warn ("an unknown verb '%.32s' on the dispatch socket; ignored", verb);
     cJSON_Delete (body);
@@ -634,6 +657,8 @@ router_main (ccm_config_t *config)
     self.max_attempts = (int) ccm_config_int (config, "store.max_attempts");
     self.running = zhashx_new ();
     zhashx_set_destructor (self.running, (zhashx_destructor_fn *) zstr_free);
+    self.keys = zhashx_new ();
+    zhashx_set_destructor (self.keys, (zhashx_destructor_fn *) zstr_free);
     self.waitconn = zhashx_new ();
     zhashx_set_destructor (self.waitconn, (zhashx_destructor_fn *) zstr_free);
     self.wait_connection_s = ccm_config_int (config, "router.wait_connection_s");
@@ -670,6 +695,7 @@ router_main (ccm_config_t *config)
     zhashx_destroy (&self.running);
     zhashx_destroy (&self.retries);
     zhashx_destroy (&self.waitconn);
+    zhashx_destroy (&self.keys);
     zhashx_destroy (&self.reasons);
     zhashx_destroy (&self.execs);
     route_destroy (&self.route);

@@ -8,6 +8,7 @@
 
 #include "store_internal.h"
 
+#include "ccm_bus.h"
 #include "ccm_id.h"
 
 #define S_NOW "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
@@ -41,6 +42,28 @@ s_print (cJSON *item, const char *fallback)
 }
 
 int
+store_check_peer (store_t *self, const char *system_id, ccm_error_t *err)
+{
+    //  Over ipc://, or the hub's own services (its own key): any system.
+    if (!self->peer_key[0] || strcmp (self->peer_key, ccm_bus_public_key ()) == 0)
+        return 0;
+    sqlite3_stmt *stmt =
+        store_db_prepare (self->db, "SELECT public_key FROM systems WHERE id = ?1");
+    if (!stmt)
+        return store_db_fail (self, err, "system_id");
+    sqlite3_bind_text (stmt, 1, system_id, -1, SQLITE_STATIC);
+    bool other = sqlite3_step (stmt) == SQLITE_ROW && sqlite3_column_text (stmt, 0)
+                 && strcmp ((const char *) sqlite3_column_text (stmt, 0), self->peer_key) != 0;
+    sqlite3_finalize (stmt);
+    if (other)
+        return ccm_fail (err, "forbidden", "system_id",
+                         "system_id: system %.36s belongs to another key; a peer acts only as"
+                         " its own system",
+                         system_id);
+    return 0;
+}
+
+int
 store_system_register (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
 {
     const char *id = NULL, *hostname = NULL, *machine_id = NULL, *type = "developer";
@@ -53,17 +76,35 @@ store_system_register (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *er
         || ccm_get_array (body, "tags", false, 0, 256, &tags, err)
         || ccm_get_int (body, "capacity", false, 0, 1024, &capacity, err))
         return -1;
+    //  Over tcp://, a machine is bound to the key that first registered it.
+    sqlite3_stmt *stmt =
+        store_db_prepare (self->db, "SELECT id FROM systems WHERE machine_id = ?1 OR id = ?2");
+    if (!stmt)
+        return store_db_fail (self, err, "system.register");
+    sqlite3_bind_text (stmt, 1, machine_id, -1, SQLITE_STATIC);
+    store_db_bind_text (stmt, 2, id);
+    int rc = 0;
+    while (rc == 0 && sqlite3_step (stmt) == SQLITE_ROW) {
+        char known[CCM_UUID_LEN + 1];
+        snprintf (known, sizeof known, "%s", sqlite3_column_text (stmt, 0));
+        rc = store_check_peer (self, known, err);
+    }
+    sqlite3_finalize (stmt);
+    if (rc)
+        return -1;
     char fresh[CCM_UUID_LEN + 1];
     ccm_uuid (fresh);
     char *tags_text = s_print (tags, "[]");
     //  One row per machine: a re-registration updates it and keeps its id.
-    sqlite3_stmt *stmt = store_db_prepare (
+    stmt = store_db_prepare (
         self->db, "INSERT INTO systems (id, hostname, machine_id, system_type, tags, capacity,"
-                  " status, last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'online', " S_NOW ")"
-                  " ON CONFLICT (machine_id) DO UPDATE SET hostname = ?2, system_type = ?4,"
-                  " tags = ?5, capacity = ?6, status = 'online', last_seen = " S_NOW);
-    int rc = SQLITE_ERROR;
+                  " status, last_seen, public_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'online', " S_NOW
+                  ", ?7) ON CONFLICT (machine_id) DO UPDATE SET hostname = ?2, system_type = ?4,"
+                  " tags = ?5, capacity = ?6, status = 'online', last_seen = " S_NOW ","
+                  " public_key = coalesce(public_key, ?7)");
+    rc = SQLITE_ERROR;
     if (stmt) {
+        store_db_bind_text (stmt, 7, self->peer_key[0] ? self->peer_key : NULL);
         sqlite3_bind_text (stmt, 1, id ? id : fresh, -1, SQLITE_STATIC);
         sqlite3_bind_text (stmt, 2, hostname, -1, SQLITE_STATIC);
         sqlite3_bind_text (stmt, 3, machine_id, -1, SQLITE_STATIC);
@@ -99,7 +140,8 @@ store_context_upsert (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err
         || ccm_get_enum (body, "status", false, s_context_statuses, &status, err)
         || ccm_get_string (body, "last_verified", false, 64, &verified, err)
         || ccm_get_string (body, "last_pulled", false, 64, &pulled, err)
-        || ccm_get_object (body, "metadata", false, &metadata, err))
+        || ccm_get_object (body, "metadata", false, &metadata, err)
+        || store_check_peer (self, system_id, err))
         return -1;
     char fresh[CCM_UUID_LEN + 1];
     ccm_uuid (fresh);
@@ -324,6 +366,7 @@ store_system_list (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
         "SELECT json_object('id', s.id, 'hostname', s.hostname, 'machine_id', s.machine_id,"
         " 'system_type', s.system_type, 'tags', json(s.tags), 'status', s.status,"
         " 'capacity', s.capacity, 'last_seen', s.last_seen, 'created_at', s.created_at,"
+        " 'public_key', s.public_key,"
         " 'running', (SELECT count(*) FROM tasks t WHERE t.locked_by = s.id"
         " AND t.status IN ('assigned', 'executing')),"
         " 'contexts', (SELECT count(*) FROM contexts c WHERE c.system_id = s.id))"
@@ -367,7 +410,8 @@ store_system_status (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     const char *id = NULL, *status = NULL, *reason = NULL;
     if (ccm_get_string (body, "system_id", true, 64, &id, err)
         || ccm_get_enum (body, "status", true, statuses, &status, err)
-        || ccm_get_string (body, "reason", false, 512, &reason, err))
+        || ccm_get_string (body, "reason", false, 512, &reason, err)
+        || store_check_peer (self, id, err))
         return -1;
     //  Online refreshes last_seen (a heartbeat); offline keeps the last one.
     sqlite3_stmt *stmt = store_db_prepare (

@@ -43,6 +43,9 @@ struct _store_t {
     sqlite3_stmt *idem_get, *idem_put;
     sqlite3_stmt *hook_insert, *hook_event;
     sqlite3_stmt *events_after;
+    //  The CurveZMQ public key of the peer whose request runs now (its
+    //  frames' User-Id, over tcp://), "" over ipc://.
+    char peer_key[41];
     //  Counters, logged at shutdown.
     uint64_t requests, errors, commits, dropped;
 };
@@ -100,6 +103,10 @@ int store_task_move (store_t *self, const char *id, const char *to, const char *
 //  writes the full id into out. Errors name field.
 int store_task_resolve (store_t *self, const char *field, const char *ref,
                         char out[CCM_UUID_LEN + 1], ccm_error_t *err);
+
+//  Refuses (forbidden) a request over tcp:// about system_id from a peer
+//  whose key is not the one that system registered with. Returns 0 or -1.
+int store_check_peer (store_t *self, const char *system_id, ccm_error_t *err);
 
 //  Handlers, by module.
 store_handler_fn store_ping, store_stats;

@@ -188,6 +188,9 @@ s_handle (store_t *self, zmsg_t *msg, s_reply_t *reply)
     }
     zframe_t *verb_frame = zmsg_first (msg);
     zframe_t *body_frame = zmsg_next (msg);
+    //  Over tcp:// the peer is its CurveZMQ key, as zauth accepted it.
+    const char *user = verb_frame ? zframe_meta (verb_frame, "User-Id") : NULL;
+    snprintf (self->peer_key, sizeof self->peer_key, "%s", user && strlen (user) == 40 ? user : "");
     int v = -1;
     if (zmsg_size (msg) != 2)
         ccm_fail (&err, "bad_frame", "", "expected 2 frames [verb][body], got %zu",
