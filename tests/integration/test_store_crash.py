@@ -126,8 +126,9 @@ class Stream:
                     time.sleep(0.001)
                 mute.set()
                 if unacked_first:
+                    # A loaded machine may take a while to commit the muted burst.
                     ccmtest.wait_until(lambda: self.home.scalar("SELECT count(*) FROM tasks")
-                                       > len(self.acked) + extra, 5, interval=0.002)
+                                       > len(self.acked) + extra, 20, interval=0.002)
                 time.sleep(delay)
                 killed_at = len(self.acked)
                 self.home.kill9()
