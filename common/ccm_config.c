@@ -71,6 +71,22 @@ static const ccm_config_key_t s_keys[] = {
      "safety rules for tool use (see services/hooks/hooks_policy.c)"},
     {"hooks.automations", CCM_CFG_STRING, "{home}/automations.json",
      "on an event matching X, do Y (see services/hooks/hooks_auto.c)"},
+    {"gateway.bind", CCM_CFG_STRING, "127.0.0.1",
+     "the gateway's address; any but loopback needs a token (ccm gateway token)"},
+    {"gateway.port", CCM_CFG_INT, "8765", "the gateway's HTTP/WebSocket port (0: any free one)"},
+    {"gateway.token_file", CCM_CFG_STRING, "{home}/gateway.token",
+     "the gateway's token (written by ccm gateway token, mode 0600)"},
+    {"gateway.origins", CCM_CFG_STRING, "",
+     "comma-separated extra origins allowed to open the WebSocket"},
+    {"gateway.web_root", CCM_CFG_STRING, "",
+     "the web UI's files (empty: share/ccm/web next to the binary, else the source tree)"},
+    {"gateway.max_frame", CCM_CFG_INT, "65536", "largest WebSocket message from a client, bytes"},
+    {"gateway.rate", CCM_CFG_INT, "50", "requests per second per connection (burst 2x)"},
+    {"gateway.queue_max", CCM_CFG_INT, "4096",
+     "events a live client may fall behind before it is told to resync"},
+    {"gateway.ring", CCM_CFG_INT, "16384", "recent events the gateway keeps for its clients"},
+    {"gateway.workers", CCM_CFG_INT, "4", "threads running snapshots and commands"},
+    {"gateway.terminal_ms", CCM_CFG_INT, "250", "how often a watched terminal is captured"},
     {NULL, CCM_CFG_STRING, NULL, NULL}};
 
 #define S_NKEYS (sizeof s_keys / sizeof s_keys[0] - 1)

@@ -63,6 +63,7 @@ static const struct {
     {"sync.set_state", true, false, store_sync_set_state},
     {"report.add", true, false, store_report_add},
     {"report.list", false, false, store_report_list},
+    {"agent.list", false, false, store_agent_list},
 };
 
 //  A reply waiting for COMMIT.
