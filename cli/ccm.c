@@ -44,8 +44,7 @@ static const struct {
     {"config", cli_cmd_config},   {"project", cli_cmd_project},   {"task", cli_cmd_task},
     {"events", cli_cmd_events},   {"worktree", cli_cmd_worktree}, {"logs", cli_cmd_logs},
     {"attach", cli_cmd_attach},   {"send", cli_cmd_send},         {"hooks", cli_cmd_hooks},
-    {"systems", cli_cmd_systems}, {"contexts", cli_cmd_contexts},
-    {"gateway", cli_cmd_gateway},
+    {"systems", cli_cmd_systems}, {"contexts", cli_cmd_contexts}, {"gateway", cli_cmd_gateway},
 };
 
 int
