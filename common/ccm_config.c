@@ -87,6 +87,8 @@ static const ccm_config_key_t s_keys[] = {
     {"gateway.ring", CCM_CFG_INT, "16384", "recent events the gateway keeps for its clients"},
     {"gateway.workers", CCM_CFG_INT, "4", "threads running snapshots and commands"},
     {"gateway.terminal_ms", CCM_CFG_INT, "250", "how often a watched terminal is captured"},
+    {"hooks.ask_timeout_ms", CCM_CFG_INT, "300000",
+     "how long a permission request asked by a policy waits for an answer"},
     {NULL, CCM_CFG_STRING, NULL, NULL}};
 
 #define S_NKEYS (sizeof s_keys / sizeof s_keys[0] - 1)
