@@ -24,6 +24,7 @@
 #include <limits.h>
 #include <stdarg.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -98,6 +99,7 @@ typedef struct {
     size_t max_frame;
     double rate;
     int64_t queue_max;
+    int sndbuf;
     zhashx_t *conns;  //  key -> s_conn_t
     uint64_t next_id;
     //  the ring
@@ -286,6 +288,20 @@ s_request_page (s_conn_t *conn)
     gw_job_post (&s_srv.gw, job);
 }
 
+//  A client close enough to the head reads live: from now on, what it has
+//  not been sent is counted, and too much of it drops the client.
+static void
+s_maybe_live (s_conn_t *conn)
+{
+    if (conn->mode != S_CATCHUP || s_srv.head < 0 || conn->cursor < s_srv.lo - 1
+        || s_srv.head - conn->cursor > s_srv.queue_max / 2)
+        return;
+    conn->mode = S_LIVE;
+    conn->pending = 0;
+    for (int64_t seq = conn->cursor + 1; seq <= s_srv.head; seq++)
+        conn->pending += gw_filter_match (conn->filter, s_ring_get (seq));
+}
+
 //  The next event conn should be sent, or NULL for now. Advances cursor over
 //  what it skips; the caller sets cursor to the returned event's seq.
 static gw_event_t *
@@ -346,12 +362,7 @@ s_next (s_conn_t *conn)
         }
         conn->cursor++;
     }
-    if (conn->mode == S_CATCHUP && s_srv.head - conn->cursor <= s_srv.queue_max / 2) {
-        conn->mode = S_LIVE;
-        conn->pending = 0;
-        for (int64_t seq = conn->cursor + 1; seq <= s_srv.head; seq++)
-            conn->pending += gw_filter_match (conn->filter, s_ring_get (seq));
-    }
+    s_maybe_live (conn);
     if (conn->cursor >= s_srv.head && !conn->synced) {
         conn->synced = true;
         s_send (conn, s_printf ("{\"type\":\"synced\",\"seq\":%lld}", (long long) conn->cursor),
@@ -387,7 +398,9 @@ s_ring_add (gw_event_t *event)
         if (!conn->subscribed || conn->closing || event->seq <= conn->cursor)
             continue;
         if (conn->mode == S_CATCHUP) {
-            lws_callback_on_writable (conn->wsi);
+            s_maybe_live (conn);  //  if it goes live, this event is counted
+            if (conn->mode == S_CATCHUP || conn->pending > 0)
+                lws_callback_on_writable (conn->wsi);
             continue;
         }
         if (conn->mode != S_LIVE)
@@ -621,6 +634,7 @@ s_mail (void)
                     conn->retry_ms = 0;
                     conn->mode =
                         s_srv.head >= 0 && conn->cursor >= s_srv.lo - 1 ? S_CATCHUP : S_REPLAY;
+                    s_maybe_live (conn);
                     lws_callback_on_writable (conn->wsi);
                 }
                 break;
@@ -880,8 +894,7 @@ s_upgrade (struct lws *wsi)
     if (lws_hdr_total_length (wsi, WSI_TOKEN_ORIGIN) >= (int) sizeof origin
         || lws_hdr_total_length (wsi, WSI_TOKEN_PROTOCOL) >= (int) sizeof protocols) {
         ccm_warn ("upgrade from %s refused: headers too long", peer);
-        return s_respond (wsi, HTTP_STATUS_BAD_REQUEST, "text/plain", "headers too long\n", NULL,
-                          true);
+        return -1;
     }
     bool has_origin = lws_hdr_copy (wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN) > 0;
     lws_hdr_copy (wsi, protocols, sizeof protocols, WSI_TOKEN_PROTOCOL);
@@ -918,9 +931,21 @@ s_upgrade (struct lws *wsi)
     //  The origin is the browser's claim, not a secret; the token never is logged.
     ccm_warn ("WebSocket upgrade from %s refused: %s%s%.200s%s", peer, why,
               has_origin ? " (origin " : "", has_origin ? origin : "", has_origin ? ")" : "");
-    char body[160];
-    snprintf (body, sizeof body, "refused: %s\n", why);
-    return s_respond (wsi, status, "text/plain; charset=utf-8", body, NULL, true);
+    //  Written whole by hand: at this point lws would answer HTTP/1.0.
+    char response[LWS_PRE + 1024];
+    char *text = response + LWS_PRE;
+    int body = (int) strlen (why) + 10;
+    int n = snprintf (text, 1024,
+                      "HTTP/1.1 %u %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                      "content-length: %d\r\nconnection: close\r\n\r\nrefused: %s\n",
+                      status,
+                      status == HTTP_STATUS_FORBIDDEN   ? "Forbidden"
+                      : status == HTTP_STATUS_NOT_FOUND ? "Not Found"
+                                                        : "Bad Request",
+                      body, why);
+    if (lws_write (wsi, (unsigned char *) text, (size_t) n, LWS_WRITE_HTTP_HEADERS) < n)
+        return -1;
+    return 1;
 }
 
 static int
@@ -1112,6 +1137,12 @@ s_ws_cb (struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in
             conn->tokens_ms = zclock_mono ();
             conn->cursor = -1;
             zhashx_insert (s_srv.conns, conn->key, conn);
+            //  What the kernel holds for a reader that stopped reading is bounded
+            //  too, so a slow client shows as slow soon, at a known cost.
+            if (s_srv.sndbuf > 0
+                && setsockopt (lws_get_socket_fd (wsi), SOL_SOCKET, SO_SNDBUF, &s_srv.sndbuf,
+                               sizeof s_srv.sndbuf))
+                ccm_warn ("client %s: SO_SNDBUF: %s", conn->key, strerror (errno));
             *slot = conn;
             ccm_debug ("client %s connected from %s", conn->key, conn->peer);
             return 0;
@@ -1262,6 +1293,7 @@ gateway_main (ccm_config_t *config)
     s_srv.max_frame = (size_t) ccm_config_int (config, "gateway.max_frame");
     s_srv.rate = (double) ccm_config_int (config, "gateway.rate");
     s_srv.queue_max = ccm_config_int (config, "gateway.queue_max");
+    s_srv.sndbuf = (int) ccm_config_int (config, "gateway.sndbuf");
     int64_t ring = ccm_config_int (config, "gateway.ring");
     if (s_srv.port < 0 || s_srv.port > 65535 || s_srv.max_frame < 1024 || s_srv.rate < 1
         || s_srv.queue_max < 16 || ring < 2 * s_srv.queue_max) {
