@@ -509,7 +509,7 @@ s_sync (s_worker_t *self, cJSON *req, ccm_error_t *err)
 static cJSON *
 s_permissions (s_worker_t *self, cJSON *req, ccm_error_t *err)
 {
-    static const char *const fields[] = {"task", "status", NULL};
+    static const char *const fields[] = {"task", "status", "agent", NULL};
     return s_forward (self, req, "permission.list", fields, false, err);
 }
 
@@ -622,7 +622,14 @@ s_permission_answer (s_worker_t *self, cJSON *req, ccm_error_t *err)
     }
     if (ccm_get_enum (req, "decision", true, decisions, &decision, err))
         return NULL;
-    return s_forward (self, req, "permission.answer", fields, true, err);
+    cJSON *body = s_body (req, fields);
+    cJSON_AddStringToObject (body, "by", "gateway");
+    cJSON *idem = cJSON_GetObjectItem (req, "idem");
+    if (cJSON_IsString (idem))
+        cJSON_AddStringToObject (body, "idem", idem->valuestring);
+    cJSON *reply = s_store (self, "permission.answer", body, true, err);
+    cJSON_Delete (body);
+    return reply;
 }
 
 static cJSON *
