@@ -472,7 +472,18 @@ s_result (s_worker_t *self, cJSON *req, ccm_error_t *err)
     cJSON_AddBoolToObject (result, "diff_truncated", truncated);
     free (clean);
     free (diff);
-    cJSON_AddNullToObject (result, "report");
+    //  The supervisory report of the task, the newest if several.
+    body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "task", id);
+    ccm_error_t ignored = {0};
+    cJSON *reports = s_store (self, "report.list", body, false, &ignored);
+    cJSON_Delete (body);
+    cJSON *list = cJSON_GetObjectItem (reports, "reports");
+    int n = cJSON_GetArraySize (list);
+    cJSON_AddItemToObject (result, "report",
+                           n > 0 ? cJSON_Duplicate (cJSON_GetArrayItem (list, n - 1), true)
+                                 : cJSON_CreateNull ());
+    cJSON_Delete (reports);
     cJSON_Delete (worktrees);
     cJSON_Delete (task);
     return result;
@@ -498,11 +509,27 @@ s_sync (s_worker_t *self, cJSON *req, ccm_error_t *err)
     cJSON *stats = s_forward (self, req, "stats", s_none, false, err);
     if (!stats)
         return NULL;
+    cJSON *none = cJSON_CreateObject ();
+    cJSON *state = s_store (self, "sync.state", none, false, err);
+    cJSON_Delete (none);
+    if (!state) {
+        cJSON_Delete (stats);
+        return NULL;
+    }
+    cJSON *sync = cJSON_GetObjectItem (state, "sync");
     cJSON *result = cJSON_CreateObject ();
-    cJSON_AddNullToObject (result, "online");  //  no ccm-sync reports yet
+    cJSON_AddItemToObject (result, "online",
+                           cJSON_Duplicate (cJSON_GetObjectItem (sync, "connected"), false));
+    cJSON_AddItemToObject (result, "state",
+                           cJSON_Duplicate (cJSON_GetObjectItem (sync, "state"), false));
+    cJSON_AddItemToObject (result, "detail",
+                           cJSON_Duplicate (cJSON_GetObjectItem (sync, "detail"), false));
+    cJSON_AddItemToObject (result, "updated_at",
+                           cJSON_Duplicate (cJSON_GetObjectItem (sync, "updated_at"), false));
     cJSON_AddItemToObject (result, "queue",
                            cJSON_Duplicate (cJSON_GetObjectItem (stats, "sync_pending"), false));
     cJSON_Delete (stats);
+    cJSON_Delete (state);
     return result;
 }
 
