@@ -91,6 +91,7 @@ function onEvent(ev) {
   if (topic.startsWith("task.")) {
     refresh.tasks();
     refresh.stats();
+    if (topic === "task.status") refresh.systems();  // running counts per system
     if (d && ev.task_id === d.id) refresh.detail();
   } else if (topic === "hook.added") {
     if (d && ev.task_id === d.id) {
