@@ -41,6 +41,7 @@ static const char s_help[] =
     "                                the projects each machine holds, and how fresh\n"
     "  keys gen [--force] | trust FILE [--name NAME] | list\n"
     "                                CurveZMQ keys for tcp:// endpoints between machines\n"
+    "  gateway token                 a new token for the web gateway (file mode 0600)\n"
     "\n"
     "Every listing takes --json. CCM_HOME (default ~/.ccm) selects the instance.\n";
 
@@ -53,6 +54,7 @@ static const struct {
     {"events", cli_cmd_events},   {"worktree", cli_cmd_worktree}, {"logs", cli_cmd_logs},
     {"attach", cli_cmd_attach},   {"send", cli_cmd_send},         {"hooks", cli_cmd_hooks},
     {"systems", cli_cmd_systems}, {"contexts", cli_cmd_contexts}, {"keys", cli_cmd_keys},
+    {"gateway", cli_cmd_gateway},
 };
 
 int

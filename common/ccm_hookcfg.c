@@ -207,7 +207,13 @@ s_add_ours (cJSON *settings, const char *command, int timeout_s)
         cJSON *hook = cJSON_CreateObject ();
         cJSON_AddStringToObject (hook, "type", "command");
         cJSON_AddStringToObject (hook, "command", command);
-        cJSON_AddNumberToObject (hook, "timeout", timeout_s);
+        //  A PermissionRequest that a policy asks a human about waits for
+        //  the answer (hooks.ask_timeout_ms, 300 s by default): Claude Code
+        //  must not end that hook first.
+        bool asks = strcmp (ccm_hookcfg_events[i], "PermissionRequest") == 0;
+        cJSON_AddNumberToObject (
+            hook, "timeout",
+            asks && timeout_s < CCM_HOOKCFG_ASK_TIMEOUT_S ? CCM_HOOKCFG_ASK_TIMEOUT_S : timeout_s);
         cJSON_AddItemToArray (list, hook);
         cJSON_AddItemToArray (event, group);
     }

@@ -20,6 +20,10 @@ extern const char *const ccm_hookcfg_events[];
 //  The shell command that runs hook_bin for CCM_HOME home. Caller frees.
 char *ccm_hookcfg_command (const char *hook_bin, const char *home);
 
+//  The least timeout of ccm-hook on PermissionRequest, in seconds: room
+//  for a human's answer (hooks.ask_timeout_ms) and a little more.
+#define CCM_HOOKCFG_ASK_TIMEOUT_S 330
+
 //  Merges ccm's entries (command, timeout_s) into the settings file at path,
 //  creating it (and its directory) if needed. Idempotent: a file that has
 //  them already is not rewritten. Returns 0, or -1 with *error (caller frees).

@@ -9,7 +9,8 @@ packages=(build-essential cmake pkg-config git tmux ca-certificates
           libzmq3-dev libczmq-dev libsqlite3-dev libcjson-dev libcurl4-openssl-dev
           uuid-dev libwebsockets-dev)
 if [[ "${1:-}" == "--test" ]]; then
-    packages+=(python3 python3-zmq sqlite3 clang-format systemd procps psmisc iproute2)
+    packages+=(python3 python3-zmq python3-websockets sqlite3 clang-format systemd procps psmisc iproute2
+               chromium)
 fi
 
 missing=()

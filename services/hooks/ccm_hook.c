@@ -10,6 +10,11 @@
     drains when it is back. It prints only what the ingester decided (a
     policy decision), and never fails the agent: every path exits 0.
 
+    A PermissionRequest that a policy asks a human about is parked by the
+    ingester: ccm-hook then waits, as long as the ingester says, for the
+    answer (allow or deny) and prints it; with none, it prints nothing and
+    the CLI shows its own permission dialog.
+
     It sits in the agent's loop, paid at every tool call, so it links only
     libc and does the least work that keeps an event safe.                   */
 
@@ -34,6 +39,7 @@
 #define S_ACK_MS      50    //  an ingester that does not ack by then is stuck
 #define S_DECISION_MS 2000  //  how long a PreToolUse waits for a policy
 #define S_DRAIN_MS    1000  //  reading what is past the cap, at most
+#define S_PARK_SLACK  2000  //  past the ingester's own wait, for its reply to come
 #define S_PATH_MAX    4096
 
 typedef struct {
@@ -255,6 +261,14 @@ s_hand_over (hook_t *self, unsigned char prefix[HOOK_PREFIX_LEN])
     if (s_send_all (fd, iov, self->body_len ? 3 : 2, deadline) == 0
         && s_recv_all (fd, length, 4, deadline) == 0) {
         uint32_t reply_len = hook_get_u32 (length);
+        if (reply_len == HOOK_REPLY_PARKED && s_recv_all (fd, length, 4, deadline) == 0) {
+            //  Parked: the event is safe; now the answer, for as long as
+            //  the ingester waits for one. Nothing comes: no decision.
+            deadline = s_now_ms (CLOCK_MONOTONIC) + hook_get_u32 (length) + S_PARK_SLACK;
+            reply_len = s_recv_all (fd, length, 4, deadline) == 0 ? hook_get_u32 (length) : 0;
+        }
+        else if (reply_len == HOOK_REPLY_PARKED)
+            reply_len = 0;
         char *reply = reply_len && reply_len <= HOOK_REPLY_MAX ? malloc (reply_len) : NULL;
         rc = 0;  //  acked: the ingester has the event
         if (reply && s_recv_all (fd, reply, reply_len, deadline) == 0)

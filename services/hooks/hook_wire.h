@@ -12,6 +12,13 @@
     stdout for the CLI to read: a policy decision, or nothing (length 0).
     The ingester replies only once the record is in its journal.
 
+    A PermissionRequest that a policy asks a human about is parked: the
+    first reply is HOOK_REPLY_PARKED and a u32 of how many ms the ingester
+    will wait for an answer (the record is journaled: this is its ack).
+    Later, on the same connection, comes the real reply as above (a
+    decision, or length 0 when nobody answered in time). If the ingester
+    goes away meanwhile, the connection closes: no decision.
+
     A spooled event (ingester down) is one file holding exactly one record,
     written under a temporary name and renamed into place.                 */
 
@@ -28,6 +35,7 @@
 #define HOOK_REPLY_MAX    (64 * 1024)   //  a decision
 #define HOOK_SPOOL_SUFFIX ".ev"         //  spooled records; others are ignored
 #define HOOK_SOCKET_NAME  "hooks.sock"  //  under $CCM_HOME/run/
+#define HOOK_REPLY_PARKED 0xFFFFFFFFu   //  a first reply: a decision will follow
 
 static inline void
 hook_put_u32 (unsigned char *out, uint32_t value)

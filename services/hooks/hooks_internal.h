@@ -118,6 +118,11 @@ bool hooks_policy_fail_closed (hooks_policy_t *self);
 char *hooks_policy_decide (hooks_policy_t *self, cJSON *event, const char *worktree,
                            const char **rule_name, const char **action, char **reason);
 
+//  A human's answer to a parked PermissionRequest, in Claude Code's shape:
+//  {"hookSpecificOutput":{"hookEventName":"PermissionRequest","decision":
+//  {"behavior":"allow"}}}, or "deny" with message. Caller frees.
+char *hooks_policy_answer (bool allow, const char *message);
+
 //  Automations (hooks_auto.c): rules from a file; actions in an actor thread.
 typedef struct hooks_auto_t hooks_auto_t;
 

@@ -12,7 +12,17 @@
     regular expression on the tool name), "command" (on a Bash command),
     "outside_worktree" (a file tool writing outside the task's worktree).
     The first matching rule decides: deny, allow or ask. No match, no
-    decision: the CLI's own permission rules apply.
+    decision: the CLI's own permission rules apply, unless
+    "ask_permissions": true, which asks every PermissionRequest no rule
+    decides (as the rule named "ask_permissions").
+
+    Ask on a PermissionRequest (the permission dialog) asks a human
+    elsewhere: ccm-hooks parks the hook and records a permission request,
+    and whoever answers it first (the browser's inbox, permission.answer)
+    allows or denies. With no answer in time (hooks.ask_timeout_ms), the
+    hook ends with no decision and the CLI asks in its own dialog. Ask on
+    a PreToolUse makes Claude Code show that dialog, so it comes back here
+    as a PermissionRequest.
 
     Decision points: Claude Code's PreToolUse and PermissionRequest, and
     Gemini CLI's BeforeTool (its tool names, e.g. "run_shell_command"; only
@@ -44,6 +54,7 @@ struct hooks_policy_t {
     s_rule_t *rules;
     int count;
     bool fail_closed;
+    bool ask_permissions;  //  ask every PermissionRequest no rule decides
 };
 
 static void
@@ -122,6 +133,10 @@ hooks_policy_load (const char *path, char **error)
         rc = ccm_set_error (error, "%s: \"fail\" must be \"open\" or \"closed\"", path);
     else if (rules && !cJSON_IsArray (rules))
         rc = ccm_set_error (error, "%s: \"rules\" must be an array", path);
+    cJSON *ask_all = cJSON_GetObjectItemCaseSensitive (json, "ask_permissions");
+    if (rc == 0 && ask_all && !cJSON_IsBool (ask_all))
+        rc = ccm_set_error (error, "%s: \"ask_permissions\" must be true or false", path);
+    self->ask_permissions = rc == 0 && cJSON_IsTrue (ask_all);
     self->fail_closed = rc == 0 && fail && strcmp (fail->valuestring, "closed") == 0;
     self->rules = calloc ((size_t) cJSON_GetArraySize (rules) + 1, sizeof *self->rules);
     cJSON *rule;
@@ -315,5 +330,17 @@ hooks_policy_decide (hooks_policy_t *self, cJSON *event, const char *worktree,
         }
         return text;
     }
+    if (self->ask_permissions && strcmp (type, "PermissionRequest") == 0) {
+        *rule_name = "ask_permissions";
+        *action = "ask";
+        *reason_out = strdup ("ccm policy 'ask_permissions': every permission dialog is asked");
+    }
     return NULL;
+}
+
+char *
+hooks_policy_answer (bool allow, const char *message)
+{
+    return s_decision ("PermissionRequest", allow ? "allow" : "deny",
+                       message && *message ? message : "denied through ccm");
 }

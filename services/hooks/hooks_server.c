@@ -8,7 +8,13 @@
     - The files a batch makes redundant (sealed journal segments, drained
       spool files) are deleted only when the store acks the batch.
     - Agent states derived from the events go to the store as agent.upsert,
-      the latest per agent, between batches.                              */
+      the latest per agent, between batches.
+    - A PermissionRequest that a policy asks about is parked (hook_wire.h):
+      its connection stays open, a permission_requests row is written
+      (permission.request), and the answer (permission.answered, heard on
+      the store's events and polled for, since PUB may drop) is written
+      back to the waiting ccm-hook. These requests go over a socket of
+      their own, so they never wait behind a batch of hook events.        */
 
 #include "hooks_internal.h"
 
@@ -32,8 +38,22 @@
 #define S_SPOOL_SCAN_MS   1000  //  how often the spool is looked at
 #define S_RECV_TIMEOUT_MS 5000  //  a connection that sends nothing is closed
 #define S_REPLY_MS        100   //  the most a reply may wait for room in the socket
+#define S_PARK_MAX        1024  //  PermissionRequests waiting for an answer at once
+#define S_PARK_POLL_MS    1000  //  how often answers are also polled for
 
 typedef struct hooks_t hooks_t;
+
+//  A parked PermissionRequest: a ccm-hook waiting for a human's answer.
+typedef struct {
+    hooks_t *owner;
+    int fd;
+    char id[CCM_UUID_LEN + 1];  //  its permission_requests row
+    char task[64];
+    char event_uid[64];
+    char rule[300];
+    int64_t deadline_ms;
+    bool recorded;  //  the store has its row
+} s_park_t;
 
 //  One ccm-hook connection, until its record is whole.
 typedef struct {
@@ -85,10 +105,21 @@ struct hooks_t {
     int64_t timeout_ms;
     s_conn_t *conns[S_CONN_MAX];
     uint64_t accepted, committed, rejected;
+    //  Parked PermissionRequests and their own line to the store.
+    zhashx_t *parked;      //  request id -> s_park_t
+    zsock_t *perm;         //  DEALER to the store: permission.* requests
+    zsock_t *answers;      //  SUB to the store's permission.answered events
+    zlistx_t *perm_queue;  //  s_request_t still to send
+    s_request_t *perm_inflight;
+    int64_t ask_timeout_ms;
+    int64_t last_poll_ms;
+    char owner_name[PATH_MAX + 300];  //  who parks: host and socket
 };
 
 static void s_pump (hooks_t *self);
 static void s_policy_refresh (hooks_t *self);
+static void s_perm_pump (hooks_t *self);
+static void s_request_destroy (s_request_t **request_p);
 
 //  --------------------------------------------------------------------------
 //  The journal
@@ -311,9 +342,11 @@ s_policy_refresh (hooks_t *self)
 //  NULL). A matching rule also gives *audit (caller owns), its audit row
 //  minus "delivered", which only the reply can tell.
 static char *
-s_decide (hooks_t *self, cJSON *event, const hooks_record_t *record, s_request_t **audit_p)
+s_decide (hooks_t *self, cJSON *event, const hooks_record_t *record, s_request_t **audit_p,
+          bool *ask)
 {
     *audit_p = NULL;
+    *ask = false;
     const char *rule = NULL, *action = NULL;
     char *reason = NULL;
     const char *worktree = record->worktree;
@@ -353,6 +386,8 @@ s_decide (hooks_t *self, cJSON *event, const hooks_record_t *record, s_request_t
         *audit_p = audit;
         ccm_info ("policy '%s': %s %s (%s)", rule, action, tool ? tool : "?",
                   task ? task : "no task");
+        const char *type = cJSON_GetStringValue (cJSON_GetObjectItem (event, "hook_type"));
+        *ask = strcmp (action, "ask") == 0 && type && strcmp (type, "PermissionRequest") == 0;
     }
     free (reason);
     return decision;
@@ -379,7 +414,7 @@ s_conn_close (s_conn_t *conn)
 //  decision is up to HOOK_REPLY_MAX bytes (hooks_policy_decide keeps it
 //  under). Returns true if all of it went out, the decision included.
 static bool
-s_reply (s_conn_t *conn, const char *text)
+s_reply (int fd, const char *text)
 {
     size_t len = text ? strlen (text) : 0;
     bool whole = len <= HOOK_REPLY_MAX;
@@ -402,7 +437,7 @@ s_reply (s_conn_t *conn, const char *text)
     size_t sent = 0;
     int64_t deadline = ccm_mono_ms () + S_REPLY_MS;
     while (sent < 4 + len) {
-        ssize_t n = send (conn->fd, buffer + sent, 4 + len - sent, MSG_NOSIGNAL);
+        ssize_t n = send (fd, buffer + sent, 4 + len - sent, MSG_NOSIGNAL);
         if (n > 0) {
             sent += (size_t) n;
             continue;
@@ -410,7 +445,7 @@ s_reply (s_conn_t *conn, const char *text)
         if (n < 0 && errno == EINTR)
             continue;
         int left = (int) (deadline - ccm_mono_ms ());
-        struct pollfd item = {conn->fd, POLLOUT, 0};
+        struct pollfd item = {fd, POLLOUT, 0};
         if (n < 0 && errno == EAGAIN && left > 0 && poll (&item, 1, left) > 0)
             continue;
         break;
@@ -425,6 +460,372 @@ s_reply (s_conn_t *conn, const char *text)
         return false;
     }
     return whole;
+}
+
+//  --------------------------------------------------------------------------
+//  Parked PermissionRequests
+
+//  Queues a permission.* request on the permission line.
+static void
+s_perm_queue (hooks_t *self, const char *verb, cJSON *body)
+{
+    s_request_t *request = calloc (1, sizeof *request);
+    request->verb = strdup (verb);
+    cJSON_AddNumberToObject (body, "v", 1);
+    request->body = body;
+    ccm_uuid (request->idem);
+    zlistx_add_end (self->perm_queue, request);
+    s_perm_pump (self);
+}
+
+//  Lets go of a park: removes it from the loop and the table, closes it.
+static void
+s_park_free (s_park_t *park)
+{
+    hooks_t *self = park->owner;
+    zmq_pollitem_t item = {NULL, park->fd, ZMQ_POLLIN, 0};
+    zloop_poller_end (self->loop, &item);
+    close (park->fd);
+    zhashx_delete (self->parked, park->id);
+    free (park);
+}
+
+//  Audits how a park ended (automation_events), like every policy outcome.
+static void
+s_park_audit (hooks_t *self, s_park_t *park, const char *outcome, const char *status,
+              bool delivered, const char *why)
+{
+    s_request_t *audit = calloc (1, sizeof *audit);
+    audit->verb = strdup ("automation.add");
+    audit->body = cJSON_CreateObject ();
+    cJSON_AddNumberToObject (audit->body, "v", 1);
+    char name[320];
+    snprintf (name, sizeof name, "policy:%.300s", park->rule);
+    cJSON_AddStringToObject (audit->body, "automation", name);
+    cJSON_AddStringToObject (audit->body, "action", "ask");
+    cJSON_AddStringToObject (audit->body, "outcome", outcome);
+    if (ccm_uuid_valid (park->task))
+        cJSON_AddStringToObject (audit->body, "task_id", park->task);
+    cJSON_AddStringToObject (audit->body, "event_uid", park->event_uid);
+    cJSON *details = cJSON_AddObjectToObject (audit->body, "details");
+    cJSON_AddStringToObject (details, "hook_type", "PermissionRequest");
+    cJSON_AddStringToObject (details, "request", park->id);
+    cJSON_AddStringToObject (details, "status", status);
+    cJSON_AddBoolToObject (details, "delivered", delivered);
+    if (why)
+        cJSON_AddStringToObject (details, "reason", why);
+    ccm_uuid (audit->idem);
+    zlistx_add_end (self->audits, audit);
+}
+
+//  Ends a park with no decision (the CLI asks in its own dialog), and
+//  expires its request. why says what happened, for the row and the log.
+static void
+s_park_expire (s_park_t *park, const char *why, bool tell_hook)
+{
+    hooks_t *self = park->owner;
+    ccm_info ("permission request %.8s: %s; the agent's own dialog decides", park->id, why);
+    if (tell_hook)
+        s_reply (park->fd, NULL);
+    if (park->recorded) {
+        cJSON *body = cJSON_CreateObject ();
+        cJSON_AddStringToObject (body, "request", park->id);
+        cJSON_AddStringToObject (body, "outcome", "expired");
+        cJSON_AddStringToObject (body, "reason", why);
+        s_perm_queue (self, "permission.close", body);
+    }
+    s_park_audit (self, park, "skipped", "expired", false, why);
+    s_park_free (park);
+    s_pump (self);
+}
+
+//  Delivers an answer (status allowed or denied) to the parked hook.
+static void
+s_park_answer (s_park_t *park, const char *status, const char *message, const char *by)
+{
+    hooks_t *self = park->owner;
+    bool allow = strcmp (status, "allowed") == 0;
+    char *decision = hooks_policy_answer (allow, message);
+    bool sent = decision && s_reply (park->fd, decision);
+    free (decision);
+    ccm_info ("permission request %.8s: %s by %s; %s", park->id, status, by ? by : "someone",
+              sent ? "delivered" : "the agent had stopped waiting");
+    if (sent) {
+        cJSON *body = cJSON_CreateObject ();
+        cJSON_AddStringToObject (body, "request", park->id);
+        cJSON_AddStringToObject (body, "outcome", "delivered");
+        s_perm_queue (self, "permission.close", body);
+    }
+    s_park_audit (self, park, allow ? "allowed" : "denied", status, sent, message);
+    s_park_free (park);
+    s_pump (self);
+}
+
+//  A parked ccm-hook's socket is readable: it sends nothing more, so this
+//  is its end (the CLI's hook timeout, or the agent is gone).
+static int
+s_park_readable (zloop_t *loop, zmq_pollitem_t *item, void *arg)
+{
+    (void) loop, (void) item;
+    s_park_t *park = arg;
+    char byte;
+    ssize_t n = recv (park->fd, &byte, 1, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return 0;
+    s_park_expire (park, "the agent stopped waiting (its hook ended)", false);
+    return 0;
+}
+
+//  Parks the PermissionRequest of conn (its record already journaled):
+//  acks it as parked, records the request, and keeps the connection open
+//  for the answer. Returns true if parked (conn is then freed), false if
+//  it cannot be (the caller answers now, with no decision).
+static bool
+s_park (s_conn_t *conn, cJSON *event, const hooks_record_t *record, s_request_t *audit)
+{
+    hooks_t *self = conn->owner;
+    if (zhashx_size (self->parked) >= S_PARK_MAX) {
+        ccm_warn ("%d permission requests already wait; this one is left to the agent's dialog",
+                  S_PARK_MAX);
+        return false;
+    }
+    unsigned char ack[8];
+    hook_put_u32 (ack, HOOK_REPLY_PARKED);
+    hook_put_u32 (ack + 4, (uint32_t) self->ask_timeout_ms);
+    if (send (conn->fd, ack, sizeof ack, MSG_NOSIGNAL) != (ssize_t) sizeof ack) {
+        ccm_debug ("ccm-hook went away before it was parked");
+        return false;
+    }
+    s_park_t *park = calloc (1, sizeof *park);
+    park->owner = self;
+    park->fd = conn->fd;
+    ccm_uuid (park->id);
+    park->deadline_ms = ccm_mono_ms () + self->ask_timeout_ms;
+    snprintf (park->task, sizeof park->task, "%s",
+              cJSON_GetStringValue (cJSON_GetObjectItem (event, "task_id"))
+                  ? cJSON_GetStringValue (cJSON_GetObjectItem (event, "task_id"))
+                  : "");
+    snprintf (park->event_uid, sizeof park->event_uid, "%s", record->uid);
+    const char *automation =
+        audit ? cJSON_GetStringValue (cJSON_GetObjectItem (audit->body, "automation")) : NULL;
+    snprintf (park->rule, sizeof park->rule, "%s",
+              automation && strncmp (automation, "policy:", 7) == 0 ? automation + 7 : "?");
+    zhashx_insert (self->parked, park->id, park);
+    //  The connection's fd is the park's now.
+    if (conn->polled) {
+        zmq_pollitem_t item = {NULL, conn->fd, ZMQ_POLLIN, 0};
+        zloop_poller_end (self->loop, &item);
+    }
+    self->conns[conn->slot] = NULL;
+    free (conn->data);
+    free (conn);
+    zmq_pollitem_t item = {NULL, park->fd, ZMQ_POLLIN, 0};
+    zloop_poller (self->loop, &item, s_park_readable, park);
+    zloop_set_tolerant (self->loop, &item);
+
+    cJSON *payload = cJSON_GetObjectItem (event, "event_data");
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "request", park->id);
+    cJSON_AddStringToObject (body, "owner", self->owner_name);
+    const char *fields[][2] = {{"task_id", "task_id"},
+                               {"agent_id", "agent_id"},
+                               {"system_id", "system_id"},
+                               {"session_id", "session_id"}};
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        const char *value = cJSON_GetStringValue (cJSON_GetObjectItem (event, fields[i][0]));
+        if (value && *value && strlen (value) <= 64)
+            cJSON_AddStringToObject (body, fields[i][1], value);
+    }
+    cJSON_AddStringToObject (body, "event_uid", record->uid);
+    const char *tool = cJSON_GetStringValue (cJSON_GetObjectItem (payload, "tool_name"));
+    if (tool && strlen (tool) <= 256)
+        cJSON_AddStringToObject (body, "tool_name", tool);
+    cJSON *input = cJSON_GetObjectItem (payload, "tool_input");
+    if (cJSON_IsObject (input)) {
+        //  A huge input (a whole file to write) is cut to what a human reads.
+        char *text = cJSON_PrintUnformatted (input);
+        if (text && strlen (text) <= 60 * 1024)
+            cJSON_AddItemToObject (body, "tool_input", cJSON_Duplicate (input, true));
+        else {
+            cJSON *cut = cJSON_AddObjectToObject (body, "tool_input");
+            cJSON_AddBoolToObject (cut, "ccm_truncated", true);
+            if (text) {
+                char preview[4097];
+                snprintf (preview, sizeof preview, "%s", text);
+                size_t keep = strlen (preview);
+                while (keep > 0 && (preview[keep] & 0xC0) == 0x80)
+                    preview[--keep] = 0;  //  not inside a UTF-8 character
+                cJSON_AddStringToObject (cut, "preview", preview);
+            }
+        }
+        free (text);
+    }
+    cJSON_AddStringToObject (body, "rule", park->rule);
+    cJSON *details = audit ? cJSON_GetObjectItem (audit->body, "details") : NULL;
+    const char *reason = cJSON_GetStringValue (cJSON_GetObjectItem (details, "reason"));
+    if (reason)
+        cJSON_AddStringToObject (body, "reason", reason);
+    cJSON_AddNumberToObject (body, "timeout_ms", (double) self->ask_timeout_ms);
+    s_perm_queue (self, "permission.request", body);
+    ccm_info ("permission request %.8s: %s waits for an answer (%lld ms)", park->id,
+              tool ? tool : "?", (long long) self->ask_timeout_ms);
+    return true;
+}
+
+//  An answer from the store (event or poll): data is a permission row or
+//  event body with "id", "status", "answer", "answered_by".
+static void
+s_perm_heard (hooks_t *self, cJSON *data)
+{
+    const char *id = cJSON_GetStringValue (cJSON_GetObjectItem (data, "id"));
+    const char *status = cJSON_GetStringValue (cJSON_GetObjectItem (data, "status"));
+    s_park_t *park = id ? zhashx_lookup (self->parked, id) : NULL;
+    if (!park || !status)
+        return;
+    if (strcmp (status, "allowed") == 0 || strcmp (status, "denied") == 0)
+        s_park_answer (park, status, cJSON_GetStringValue (cJSON_GetObjectItem (data, "answer")),
+                       cJSON_GetStringValue (cJSON_GetObjectItem (data, "answered_by")));
+    else if (strcmp (status, "expired") == 0) {
+        park->recorded = false;  //  already closed in the store
+        s_park_expire (park, "its request was closed", true);
+    }
+}
+
+static void
+s_perm_send (hooks_t *self, s_request_t *request)
+{
+    cJSON_DeleteItemFromObject (request->body, "idem");
+    if (strcmp (request->verb, "permission.list") != 0)
+        cJSON_AddStringToObject (request->body, "idem", request->idem);
+    char *text = cJSON_PrintUnformatted (request->body);
+    zmsg_t *msg = zmsg_new ();
+    zmsg_addstr (msg, request->verb);
+    zmsg_addstr (msg, text ? text : "{}");
+    free (text);
+    if (zmsg_send (&msg, self->perm))
+        zmsg_destroy (&msg);
+    request->sent_ms = ccm_mono_ms ();
+}
+
+static void
+s_perm_pump (hooks_t *self)
+{
+    if (self->perm_inflight || !self->perm)
+        return;
+    self->perm_inflight = zlistx_detach (self->perm_queue, NULL);
+    if (self->perm_inflight)
+        s_perm_send (self, self->perm_inflight);
+}
+
+static int
+s_perm_reply (zloop_t *loop, zsock_t *reader, void *arg)
+{
+    (void) loop;
+    hooks_t *self = arg;
+    zmsg_t *msg = zmsg_recv (reader);
+    if (!msg)
+        return 0;
+    char *status = zmsg_popstr (msg);
+    char *text = zmsg_popstr (msg);
+    cJSON *body = text ? cJSON_Parse (text) : NULL;
+    s_request_t *request = self->perm_inflight;
+    self->perm_inflight = NULL;
+    bool ok = status && strcmp (status, "ok") == 0;
+    if (request && strcmp (request->verb, "permission.request") == 0) {
+        const char *id = cJSON_GetStringValue (cJSON_GetObjectItem (request->body, "request"));
+        s_park_t *park = id ? zhashx_lookup (self->parked, id) : NULL;
+        if (ok && park)
+            park->recorded = true;
+        else if (park) {
+            //  Nobody can answer a request the store refused: let the agent ask.
+            ccm_error ("the store refused permission request %.8s: %s", id,
+                       cJSON_GetStringValue (
+                           cJSON_GetObjectItem (cJSON_GetObjectItem (body, "error"), "message")));
+            s_park_expire (park, "the store refused to record it", true);
+        }
+    }
+    else if (request && strcmp (request->verb, "permission.list") == 0 && ok) {
+        cJSON *row;
+        cJSON_ArrayForEach (row, cJSON_GetObjectItem (body, "requests")) s_perm_heard (self, row);
+    }
+    else if (request && !ok)
+        ccm_warn ("%s refused: %s", request->verb,
+                  cJSON_GetStringValue (
+                      cJSON_GetObjectItem (cJSON_GetObjectItem (body, "error"), "message")));
+    s_request_destroy (&request);
+    cJSON_Delete (body);
+    free (status);
+    free (text);
+    zmsg_destroy (&msg);
+    s_perm_pump (self);
+    return 0;
+}
+
+//  A permission.answered event: [topic][seq][event].
+static int
+s_answer_event (zloop_t *loop, zsock_t *reader, void *arg)
+{
+    (void) loop;
+    hooks_t *self = arg;
+    zmsg_t *msg = zmsg_recv (reader);
+    if (!msg)
+        return 0;
+    zframe_t *body = zmsg_size (msg) == 3 ? zmsg_last (msg) : NULL;
+    cJSON *event =
+        body ? cJSON_ParseWithLength ((const char *) zframe_data (body), zframe_size (body)) : NULL;
+    s_perm_heard (self, cJSON_GetObjectItem (event, "data"));
+    cJSON_Delete (event);
+    zmsg_destroy (&msg);
+    return 0;
+}
+
+//  Timers of the parks: expiries, a resend of an unanswered permission
+//  request, and a poll for answers whose event was dropped.
+static void
+s_park_tick (hooks_t *self, int64_t now)
+{
+    zlistx_t *expired = zlistx_new ();
+    for (s_park_t *park = zhashx_first (self->parked); park; park = zhashx_next (self->parked))
+        if (now >= park->deadline_ms)
+            zlistx_add_end (expired, park);
+    for (s_park_t *park = zlistx_first (expired); park; park = zlistx_next (expired)) {
+        char why[96];
+        snprintf (why, sizeof why, "no answer in %lld ms", (long long) self->ask_timeout_ms);
+        s_park_expire (park, why, true);
+    }
+    zlistx_destroy (&expired);
+    if (self->perm_inflight && now - self->perm_inflight->sent_ms >= self->timeout_ms) {
+        ccm_warn ("no reply from the store in %lld ms; resending %s", (long long) self->timeout_ms,
+                  self->perm_inflight->verb);
+        zloop_reader_end (self->loop, self->perm);
+        zsock_destroy (&self->perm);
+        self->perm = ccm_bus_dealer_connect (ccm_config_str (self->config, "store.endpoint"));
+        if (self->perm) {
+            zloop_reader (self->loop, self->perm, s_perm_reply, self);
+            s_perm_send (self, self->perm_inflight);
+        }
+    }
+    if (zhashx_size (self->parked) && now - self->last_poll_ms >= S_PARK_POLL_MS) {
+        self->last_poll_ms = now;
+        bool queued = false;
+        for (s_request_t *request = zlistx_first (self->perm_queue); request;
+             request = zlistx_next (self->perm_queue))
+            queued = queued || strcmp (request->verb, "permission.list") == 0;
+        if (!queued) {
+            cJSON *body = cJSON_CreateObject ();
+            cJSON *ids = cJSON_AddArrayToObject (body, "ids");
+            for (s_park_t *park = zhashx_first (self->parked); park;
+                 park = zhashx_next (self->parked))
+                if (park->recorded)
+                    cJSON_AddItemToArray (ids, cJSON_CreateString (park->id));
+            cJSON_AddStringToObject (body, "status", "any");
+            cJSON_AddNumberToObject (body, "limit", S_PARK_MAX);
+            if (cJSON_GetArraySize (ids))
+                s_perm_queue (self, "permission.list", body);
+            else
+                cJSON_Delete (body);
+        }
+    }
 }
 
 //  Reads what the connection has, up to its whole record, then journals,
@@ -475,10 +876,18 @@ s_conn_step (s_conn_t *conn)
     self->journal_bytes += conn->len;
     hooks_record_t record;
     s_request_t *audit = NULL;
+    bool ask = false;
     cJSON *event = s_take_record (self, conn->data, conn->len, "ccm-hook", &record);
-    char *decision = event ? s_decide (self, event, &record, &audit) : NULL;
+    char *decision = event ? s_decide (self, event, &record, &audit, &ask) : NULL;
+    if (ask && s_park (conn, event, &record, audit)) {
+        //  Parked: the connection now belongs to the park, which answers it.
+        cJSON_Delete (event);
+        zlistx_add_end (self->audits, audit);
+        s_pump (self);
+        return false;
+    }
     cJSON_Delete (event);
-    bool sent = s_reply (conn, decision);
+    bool sent = s_reply (conn->fd, decision);
     if (audit) {
         //  The audit says what the CLI got: a decision that never reached
         //  ccm-hook is not delivered.
@@ -816,6 +1225,7 @@ s_tick (zloop_t *loop, int timer_id, void *arg)
     for (int i = 0; i < S_CONN_MAX; i++)
         if (self->conns[i] && now - self->conns[i]->opened_ms > S_RECV_TIMEOUT_MS)
             s_conn_close (self->conns[i]);
+    s_park_tick (self, now);
     return 0;
 }
 
@@ -831,6 +1241,13 @@ hooks_main (ccm_config_t *config)
     int64_t max_body = ccm_config_int (config, "store.max_body");
     self.batch_bytes = max_body > 65536 ? (size_t) max_body - 4096 : 61440;
     self.timeout_ms = ccm_config_int (config, "bus.timeout_ms");
+    self.ask_timeout_ms = ccm_config_int (config, "hooks.ask_timeout_ms");
+    if (self.ask_timeout_ms < 1 || self.ask_timeout_ms > 86400000)
+        self.ask_timeout_ms = 300000;
+    char host[256] = "";
+    gethostname (host, sizeof host - 1);
+    snprintf (self.owner_name, sizeof self.owner_name, "%s:%s", host,
+              ccm_config_str (config, "hooks.socket"));
     if (mkdir (self.spool, 0700) && errno != EEXIST) {
         ccm_error ("cannot create %s: %s", self.spool, strerror (errno));
         free (self.spool);
@@ -854,12 +1271,28 @@ hooks_main (ccm_config_t *config)
     //  appends to a segment numbered after all of them.
     self.journal_seq = (uint64_t) ccm_wall_ms () * 1000;
     self.store = ccm_bus_dealer_connect (ccm_config_str (config, "store.endpoint"));
+    self.parked = zhashx_new ();
+    self.perm_queue = zlistx_new ();
+    self.perm = ccm_bus_dealer_connect (ccm_config_str (config, "store.endpoint"));
+    self.answers =
+        ccm_bus_sub_connect (ccm_config_str (config, "store.pub_endpoint"), "permission.answered");
     self.loop = zloop_new ();
     int rc = 1;
     if (self.store && s_journal_open (&self) == 0 && s_listen (&self) == 0) {
         zmq_pollitem_t listen_item = {NULL, self.listen_fd, ZMQ_POLLIN, 0};
         zloop_poller (self.loop, &listen_item, s_accept, &self);
         zloop_reader (self.loop, self.store, s_store_reply, &self);
+        if (self.perm)
+            zloop_reader (self.loop, self.perm, s_perm_reply, &self);
+        if (self.answers)
+            zloop_reader (self.loop, self.answers, s_answer_event, &self);
+        //  Hooks parked by an earlier run are gone with it: their requests
+        //  can no longer be delivered.
+        cJSON *body = cJSON_CreateObject ();
+        cJSON_AddStringToObject (body, "owner", self.owner_name);
+        cJSON_AddStringToObject (body, "outcome", "expired");
+        cJSON_AddStringToObject (body, "reason", "ccm-hooks restarted: the hook was let go");
+        s_perm_queue (&self, "permission.close", body);
         zloop_timer (self.loop, S_SPOOL_SCAN_MS, 0, s_scan_spool, &self);
         zloop_timer (self.loop, 500, 0, s_tick, &self);
         s_scan_spool (self.loop, 0, &self);  //  drain what waited for us
@@ -874,6 +1307,19 @@ hooks_main (ccm_config_t *config)
     for (int i = 0; i < S_CONN_MAX; i++)
         if (self.conns[i])
             s_conn_close (self.conns[i]);
+    //  Parked hooks end with no decision: their agents ask in their dialog.
+    for (s_park_t *park = zhashx_first (self.parked); park; park = zhashx_first (self.parked)) {
+        s_reply (park->fd, NULL);
+        s_park_free (park);
+    }
+    zhashx_destroy (&self.parked);
+    for (s_request_t *request = zlistx_detach (self.perm_queue, NULL); request;
+         request = zlistx_detach (self.perm_queue, NULL))
+        s_request_destroy (&request);
+    zlistx_destroy (&self.perm_queue);
+    s_request_destroy (&self.perm_inflight);
+    zsock_destroy (&self.perm);
+    zsock_destroy (&self.answers);
     if (self.listen_fd >= 0) {
         close (self.listen_fd);
         unlink (ccm_config_str (config, "hooks.socket"));

@@ -120,6 +120,9 @@ store_handler_fn store_system_list, store_context_list, store_system_status;
 store_handler_fn store_system_register, store_context_upsert, store_task_claim, store_agent_upsert,
     store_worktree_upsert, store_worktree_list;
 store_handler_fn store_sync_state, store_sync_set_state, store_report_add, store_report_list;
+store_handler_fn store_agent_list;
+store_handler_fn store_permission_request, store_permission_answer, store_permission_close,
+    store_permission_list;
 
 //  Publishes every event committed since the last call on the PUB socket.
 void store_events_publish (store_t *self);

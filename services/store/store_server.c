@@ -63,6 +63,11 @@ static const struct {
     {"sync.set_state", true, false, store_sync_set_state},
     {"report.add", true, false, store_report_add},
     {"report.list", false, false, store_report_list},
+    {"agent.list", false, false, store_agent_list},
+    {"permission.request", true, false, store_permission_request},
+    {"permission.answer", true, false, store_permission_answer},
+    {"permission.close", true, false, store_permission_close},
+    {"permission.list", false, false, store_permission_list},
 };
 
 //  A reply waiting for COMMIT.
