@@ -67,6 +67,10 @@ typedef struct {
     zsock_t *router;          //  DEALER to router.endpoint, or NULL (direct claim)
     int64_t router_beat_ms;   //  heartbeat interval
     int64_t router_heard_ms;  //  last message from the router
+    //  Writes the store did not answer (hub unreachable), resent in order
+    //  with their idempotency keys until it does: [verb][body JSON].
+    zlistx_t *outbox;
+    int64_t outbox_tried_ms;  //  last resend attempt
     int64_t router_sent_ms;   //  last heartbeat sent
 } exec_t;
 

@@ -29,7 +29,57 @@
 #define S_VERIFY_MS  (10 * 60 * 1000)  //  contexts are re-verified this often
 #define S_REAP_MS    5000              //  longest wait for a dead agent's exit status
 
+#define S_RESEND_MS 2000  //  how often unanswered writes are tried again
+
+//  Keeps a write the store did not answer, to resend in order (same idem).
+static void
+s_keep (exec_t *self, const char *verb, cJSON *body)
+{
+    if (!self->outbox) {
+        self->outbox = zlistx_new ();
+        zlistx_set_destructor (self->outbox, (zlistx_destructor_fn *) zstr_free);
+    }
+    char *json = cJSON_PrintUnformatted (body);
+    zlistx_add_end (self->outbox, zsys_sprintf ("%s\n%s", verb, json ? json : "{}"));
+    free (json);
+    if (zlistx_size (self->outbox) == 1)
+        ccm_warn ("the store does not answer: %s and the writes after it are kept, and sent"
+                  " again in order until it does",
+                  verb);
+}
+
+//  Resends the kept writes, oldest first, until one goes unanswered. A
+//  write the store refuses now (e.g. its task was requeued meanwhile) is
+//  dropped with a warning. Returns true if none is left.
+static bool
+s_resend (exec_t *self)
+{
+    while (self->outbox && zlistx_size (self->outbox)) {
+        char *item = zlistx_first (self->outbox);
+        char *newline = strchr (item, '\n');
+        *newline = 0;
+        cJSON *body = cJSON_Parse (newline + 1), *reply = NULL;
+        int rc = ccm_client_call (self->store, item, body, &reply);
+        cJSON_Delete (body);
+        if (rc == CCM_ETIMEOUT) {
+            *newline = '\n';
+            cJSON_Delete (reply);
+            return false;
+        }
+        if (rc)
+            ccm_warn ("%s, sent again: %s; dropped", item, ccm_client_strerror (rc, reply));
+        else
+            ccm_info ("%s, kept while the store was away, is recorded", item);
+        cJSON_Delete (reply);
+        zlistx_delete (self->outbox, zlistx_cursor (self->outbox));
+    }
+    return true;
+}
+
 //  Calls the store; returns the reply (caller owns) or NULL, logging why.
+//  A write the store does not answer is kept and resent (s_resend); one
+//  made while others wait is kept behind them, so each record's writes
+//  reach the store in order.
 static cJSON *
 s_call (exec_t *self, const char *verb, cJSON *body, bool write)
 {
@@ -37,11 +87,19 @@ s_call (exec_t *self, const char *verb, cJSON *body, bool write)
         char key[CCM_UUID_LEN + 1];
         ccm_uuid (key);
         cJSON_AddStringToObject (body, "idem", key);
+        if (self->outbox && zlistx_size (self->outbox)) {
+            s_keep (self, verb, body);
+            cJSON_Delete (body);
+            return NULL;
+        }
     }
     cJSON *reply = NULL;
     int rc = ccm_client_call (self->store, verb, body, &reply);
-    if (rc) {
+    if (rc == CCM_ETIMEOUT && write)
+        s_keep (self, verb, body);
+    else if (rc)
         ccm_warn ("%s: %s", verb, ccm_client_strerror (rc, reply));
+    if (rc) {
         cJSON_Delete (reply);
         reply = NULL;
     }
@@ -1178,8 +1236,13 @@ exec_main (ccm_config_t *config)
         }
         else
             zclock_sleep ((int) poll_ms);
-        s_watch (&self);
         int64_t now = ccm_mono_ms ();
+        if (self.outbox && zlistx_size (self.outbox) && now - self.outbox_tried_ms >= S_RESEND_MS) {
+            self.outbox_tried_ms = now;
+            s_resend (&self);
+        }
+        s_watch (&self);
+        now = ccm_mono_ms ();
         if (woken || now >= next_check) {
             s_check_cancelled (&self);
             next_check = now + poll_ms;
@@ -1204,6 +1267,10 @@ exec_main (ccm_config_t *config)
     cJSON_Delete (self.profiles);
     free (self.claude_settings);
     zhashx_destroy (&self.contexts);
+    if (self.outbox && !s_resend (&self))
+        ccm_warn ("stopping with %zu write(s) the store never answered; they are lost",
+                  zlistx_size (self.outbox));
+    zlistx_destroy (&self.outbox);
     ccm_client_destroy (&self.store);
     return 0;
 }

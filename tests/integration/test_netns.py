@@ -1,0 +1,218 @@
+"""One hub and two workers, each a host of its own: network namespaces made by
+the test (`ip netns add` + veth pairs, private addresses inside them only),
+each with its own CCM_HOME and CurveZMQ key (issue 8). A task submitted on the
+hub for project P runs on the worker that holds P; its hook events and result
+reach the hub's database. A worker whose link goes down for 20 s while its
+agent runs delivers the result and every hook event exactly once after the
+link comes back. Bounded in time; everything is torn down at the end.
+"""
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+import time
+import unittest
+import uuid
+
+import ccmtest
+import test_executor as tx
+
+BIN = ccmtest.BIN_DIR
+PORTS = {"CCM_STORE_ENDPOINT": 7101, "CCM_STORE_PUB_ENDPOINT": 7102,
+         "CCM_ROUTER_ENDPOINT": 7103}
+
+
+def sh(*args, check=True):
+    done = subprocess.run(args, capture_output=True, text=True, timeout=20)
+    if check and done.returncode:
+        raise AssertionError(f"{' '.join(args)}: {done.stderr}")
+    return done
+
+
+@unittest.skipUnless(os.geteuid() == 0 and shutil.which("ip"), "needs root and iproute2")
+class TestHubAndWorkersInNamespaces(unittest.TestCase):
+
+    def setUp(self):
+        self.tag = uuid.uuid4().hex[:6]
+        self.root = tempfile.mkdtemp(prefix="ccm-netns-")
+        self.addCleanup(shutil.rmtree, self.root, True)
+        self.procs = []
+        self.netns = []
+        self.addCleanup(self._teardown)
+        self.ns_hub = self.namespace("hub")
+        self.links = {}
+        for i, name in ((1, "w1"), (2, "w2")):
+            ns = self.namespace(name)
+            hub_if, worker_if = f"ch{i}{self.tag}", f"cw{i}{self.tag}"
+            sh("ip", "link", "add", hub_if, "type", "veth", "peer", "name", worker_if)
+            sh("ip", "link", "set", hub_if, "netns", self.ns_hub)
+            sh("ip", "link", "set", worker_if, "netns", ns)
+            self.ip(self.ns_hub, "addr", "add", f"10.91.{i}.1/24", "dev", hub_if)
+            self.ip(ns, "addr", "add", f"10.91.{i}.2/24", "dev", worker_if)
+            self.ip(self.ns_hub, "link", "set", hub_if, "up")
+            self.ip(ns, "link", "set", worker_if, "up")
+            self.links[name] = (ns, worker_if)
+
+    def namespace(self, name):
+        ns = f"ccm-{name}-{self.tag}"
+        sh("ip", "netns", "add", ns)
+        self.netns.append(ns)
+        self.ip(ns, "link", "set", "lo", "up")
+        return ns
+
+    def ip(self, ns, *args):
+        return sh("ip", "-n", ns, *args)
+
+    def _teardown(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+        for name in ("w1", "w2"):
+            sock = os.path.join(self.root, name, "run", "tmux.sock")
+            if os.path.exists(sock):
+                subprocess.run(["tmux", "-S", sock, "kill-server"], capture_output=True)
+        for ns in self.netns:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+    # ------------------------------------------------------------ hosts
+
+    def home(self, name):
+        path = os.path.join(self.root, name)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def env(self, home, host, **extra):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CCM_")}
+        env.update(tx.GIT_ENV)
+        env.update({k: f"tcp://{host}:{port}" for k, port in PORTS.items()})
+        env.update(CCM_HOME=home, CCM_BUS_TIMEOUT_MS="1000", CCM_BUS_RETRIES="1",
+                   CCM_ROUTER_HEARTBEAT_MS="500", CCM_ROUTER_LIVENESS="80",
+                   CCM_BUS_SERVER_KEY=os.path.join(self.root, "hub", "keys", "ccm.cert"))
+        env.update(extra)
+        return env
+
+    def run_in(self, ns, binary, home, env):
+        log = open(os.path.join(home, f"{binary}.log"), "ab")
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, os.path.join(BIN, binary)], env=env,
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=home)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def cli(self, ns, env, *args):
+        done = subprocess.run(["ip", "netns", "exec", ns, os.path.join(BIN, "ccm"), *args],
+                              capture_output=True, text=True, env=env, timeout=30)
+        return done.returncode, done.stdout, done.stderr
+
+    def query(self, sql, *args):
+        with sqlite3.connect(os.path.join(self.root, "hub", "ccm.db"), timeout=10) as conn:
+            return conn.execute(sql, args).fetchall()
+
+    def log(self, home, binary):
+        with open(os.path.join(home, f"{binary}.log"), encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def test_tasks_cross_hosts_and_survive_a_partition(self):
+        hub = self.home("hub")
+        for name in ("hub", "w1", "w2"):
+            rc, _, err = self.cli(self.ns_hub, {"CCM_HOME": self.home(name), "PATH":
+                                                os.environ["PATH"]}, "keys", "gen")
+            self.assertEqual(rc, 0, err)
+        for name in ("w1", "w2"):
+            self.cli(self.ns_hub, {"CCM_HOME": hub, "PATH": os.environ["PATH"]}, "keys",
+                     "trust", os.path.join(self.root, name, "keys", "ccm.cert"), "--name", name)
+        hub_env = self.env(hub, "0.0.0.0")
+        self.run_in(self.ns_hub, "ccm-store", hub, hub_env)
+        tx.wait_for("the hub's store", lambda: "ready" in self.log(hub, "ccm-store"), 15)
+        self.run_in(self.ns_hub, "ccm-router", hub, hub_env)
+
+        repos = {}
+        for project in ("p", "q"):
+            repos[project] = os.path.join(self.root, "repos", project)
+            os.makedirs(repos[project])
+            tx.git(repos[project], "init", "-q", "-b", "main")
+            tx.git(repos[project], "commit", "-q", "--allow-empty", "-m", "initial")
+            rc, _, err = self.cli(self.ns_hub, hub_env, "project", "add", project,
+                                  repos[project])
+            self.assertEqual(rc, 0, err)
+        workers = {}
+        for i, (name, projects) in enumerate((("w1", "p"), ("w2", "q")), 1):
+            home = self.home(name)
+            wenv = self.env(home, f"10.91.{i}.1", CCM_EXECUTOR_MACHINE_ID=f"{name}-{self.tag}",
+                            CCM_EXECUTOR_HOSTNAME=name, CCM_EXECUTOR_PROJECTS=projects,
+                            CCM_EXECUTOR_POLL_MS="100",
+                            CCM_EXECUTOR_TMUX_SOCKET=os.path.join(home, "run", "tmux.sock"))
+            ns = self.links[name][0]
+            self.run_in(ns, "ccm-executor", home, wenv)
+            self.run_in(ns, "ccm-hooks", home, wenv)
+            workers[name] = tx.wait_for(f"{name} registered", lambda name=name: self.query(
+                "SELECT id FROM systems WHERE hostname = ? AND status = 'online'", name), 20)[0][0]
+
+        # A task for p runs on w1, the only holder of p; q's on w2.
+        out = self.root
+        ids = {}
+        for project in ("p", "q"):
+            rc, task, err = self.cli(self.ns_hub, hub_env, "task", "add", "--project", project,
+                                     "--agent", "shell", "--",
+                                     f"echo $CCM_SYSTEM_ID > {out}/ran-{project}")
+            self.assertEqual(rc, 0, err)
+            ids[project] = task.strip()
+        for project, name in (("p", "w1"), ("q", "w2")):
+            tx.wait_for(f"task {project} complete", lambda project=project: self.query(
+                "SELECT 1 FROM tasks WHERE id = ? AND status = 'complete'", ids[project]), 30)
+            with open(f"{out}/ran-{project}") as f:
+                self.assertEqual(f.read().strip(), workers[name])
+        rc, shown, err = self.cli(self.ns_hub, hub_env, "systems", "--json")
+        self.assertEqual(sorted((s["hostname"], s["status"]) for s in json.loads(shown)),
+                         [("w1", "online"), ("w2", "online")])
+
+        # A partition of 20 s while an agent runs and sends hook events.
+        gate = os.path.join(self.root, "gate")
+        hook = os.path.join(BIN, "ccm-hook")
+        event = json.dumps({"hook_event_name": "PostToolUse", "tool_name": "Bash",
+                            "session_id": "netns", "tool_input": {"command": "true"}})
+        script = (f"while [ ! -e {gate} ]; do sleep 0.1; done; "
+                  f"for i in 1 2 3 4 5; do echo '{event}' | {hook}; done; echo done")
+        rc, task, err = self.cli(self.ns_hub, hub_env, "task", "add", "--project", "p",
+                                 "--agent", "shell", "--", script)
+        task = task.strip()
+        tx.wait_for("the task executing", lambda: self.query(
+            "SELECT 1 FROM tasks WHERE id = ? AND status = 'executing'", task), 30)
+        ns, link = self.links["w1"]
+        self.ip(ns, "link", "set", link, "down")
+        cut = time.monotonic()
+        open(gate, "w").close()  # the agent sends its events and ends, offline
+        time.sleep(20)
+        self.assertEqual(self.query("SELECT status FROM tasks WHERE id = ?", task),
+                         [("executing",)], "nothing reached the hub during the partition")
+        self.assertEqual(self.query("SELECT count(*) FROM hook_events WHERE task_id = ?", task),
+                         [(0,)])
+        self.ip(ns, "link", "set", link, "up")
+        tx.wait_for("the result after the link came back", lambda: self.query(
+            "SELECT 1 FROM tasks WHERE id = ? AND status = 'complete'", task), 60)
+        tx.wait_for("every hook event", lambda: self.query(
+            "SELECT count(*) FROM hook_events WHERE task_id = ?", task)[0][0] >= 5, 60)
+        time.sleep(2)  # and nothing more arrives
+        self.assertEqual(self.query("SELECT count(*), count(DISTINCT uid) FROM hook_events"
+                                    " WHERE task_id = ?", task), [(5, 5)], "each event once")
+        self.assertEqual(self.query("SELECT count(*) FROM task_results WHERE task_id = ?", task),
+                         [(1,)], "one result")
+        self.assertEqual(self.query("SELECT attempts FROM tasks WHERE id = ?", task), [(1,)],
+                         "it ran once")
+        self.assertLess(time.monotonic() - cut, 120)
+        log = self.log(self.home("w1"), "ccm-executor")
+        self.assertIn("the store does not answer: task.transition", log,
+                      "the result was held back while the hub was away")
+        self.assertIn("task.transition, kept while the store was away, is recorded", log)
+
+
+if __name__ == "__main__":
+    ccmtest.main()
