@@ -99,6 +99,20 @@ static const ccm_config_key_t s_keys[] = {
      "kernel send buffer per client, bytes (0: the kernel's own): bounds what a slow reader holds"},
     {"hooks.ask_timeout_ms", CCM_CFG_INT, "300000",
      "how long a permission request asked by a policy waits for an answer"},
+    {"sync.credentials", CCM_CFG_STRING, "{home}/sync.json",
+     "the hub's URL, anon key and the user's tokens (mode 0600; ccm sync login writes it)"},
+    {"sync.system_id", CCM_CFG_STRING, "",
+     "this system's id on the hub (empty: the one registered for this machine)"},
+    {"sync.batch", CCM_CFG_INT, "500", "most rows in one upsert to the hub"},
+    {"sync.parallel", CCM_CFG_INT, "4", "most requests to the hub in flight"},
+    {"sync.pull_ms", CCM_CFG_INT, "2000", "how often tasks, results and skills are pulled"},
+    {"sync.timeout_ms", CCM_CFG_INT, "15000", "longest a request to the hub may take"},
+    {"sync.backoff_base_ms", CCM_CFG_INT, "500", "first wait after a transient failure"},
+    {"sync.backoff_max_ms", CCM_CFG_INT, "30000", "longest wait between retries"},
+    {"sync.max_retries", CCM_CFG_INT, "50",
+     "retries of a row the hub refuses for a missing parent (23503) before it is parked"},
+    {"sync.skills_dir", CCM_CFG_STRING, "",
+     "where pulled skills are written as NAME/SKILL.md (empty: ~/.claude/skills)"},
     {NULL, CCM_CFG_STRING, NULL, NULL}};
 
 #define S_NKEYS (sizeof s_keys / sizeof s_keys[0] - 1)

@@ -123,6 +123,8 @@ store_handler_fn store_sync_state, store_sync_set_state, store_report_add, store
 store_handler_fn store_agent_list;
 store_handler_fn store_permission_request, store_permission_answer, store_permission_close,
     store_permission_list;
+store_handler_fn store_sync_pending, store_sync_mark, store_sync_apply, store_sync_watch,
+    store_sync_meta, store_sync_meta_set, store_sync_status;  //  store_sync.c
 
 //  Publishes every event committed since the last call on the PUB socket.
 void store_events_publish (store_t *self);

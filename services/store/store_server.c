@@ -68,6 +68,13 @@ static const struct {
     {"permission.answer", true, false, store_permission_answer},
     {"permission.close", true, false, store_permission_close},
     {"permission.list", false, false, store_permission_list},
+    {"sync.pending", false, false, store_sync_pending},
+    {"sync.mark", true, true, store_sync_mark},
+    {"sync.apply", true, false, store_sync_apply},
+    {"sync.watch", false, false, store_sync_watch},
+    {"sync.meta", false, false, store_sync_meta},
+    {"sync.meta.set", true, false, store_sync_meta_set},
+    {"sync.status", false, false, store_sync_status},
 };
 
 //  A reply waiting for COMMIT.
