@@ -42,6 +42,9 @@ static const char s_help[] =
     "  keys gen [--force] | trust FILE [--name NAME] | list\n"
     "                                CurveZMQ keys for tcp:// endpoints between machines\n"
     "  gateway token                 a new token for the web gateway (file mode 0600)\n"
+    "  sync login --url URL --anon-key KEY --email E [--password-stdin]\n"
+    "                                connect this machine to a Supabase hub\n"
+    "  sync logout | sync status     forget the hub; show state, queue, parked errors\n"
     "\n"
     "Every listing takes --json. CCM_HOME (default ~/.ccm) selects the instance.\n";
 
@@ -54,7 +57,7 @@ static const struct {
     {"events", cli_cmd_events},   {"worktree", cli_cmd_worktree}, {"logs", cli_cmd_logs},
     {"attach", cli_cmd_attach},   {"send", cli_cmd_send},         {"hooks", cli_cmd_hooks},
     {"systems", cli_cmd_systems}, {"contexts", cli_cmd_contexts}, {"keys", cli_cmd_keys},
-    {"gateway", cli_cmd_gateway},
+    {"gateway", cli_cmd_gateway}, {"sync", cli_cmd_sync},
 };
 
 int

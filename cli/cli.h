@@ -54,5 +54,6 @@ int cli_cmd_systems (cli_t *cli, int argc, char **argv);
 int cli_cmd_contexts (cli_t *cli, int argc, char **argv);
 int cli_cmd_keys (cli_t *cli, int argc, char **argv);
 int cli_cmd_gateway (cli_t *cli, int argc, char **argv);
+int cli_cmd_sync (cli_t *cli, int argc, char **argv);
 
 #endif
