@@ -225,14 +225,10 @@ s_status (cli_t *cli)
     //  The connectivity state ccm-sync publishes (absent: never set).
     body = cJSON_CreateObject ();
     cJSON *state = NULL;
-    const char *endpoint = ccm_config_str (cli->config, "store.endpoint");
-    ccm_client_t *client =
-        ccm_client_new (endpoint, (int) ccm_config_int (cli->config, "bus.timeout_ms"), 0);
-    if (client && ccm_client_call (client, "sync.state", body, &state) != 0) {
-        cJSON_Delete (state);
-        state = NULL;
-    }
-    ccm_client_destroy (&client);
+    cJSON *reply = NULL;
+    if (cli_call (cli, "sync.state", body, &reply) == 0)
+        state = cJSON_DetachItemFromObject (reply, "sync");
+    cJSON_Delete (reply);
     cJSON_Delete (body);
     ccm_cred_t cred;
     char why[600];

@@ -87,14 +87,14 @@ store_sync_pending (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     //  place; the newest row is what the hub must end up with.
     sqlite3_stmt *stmt = store_db_prepare (
         self->db,
-        "SELECT g.table_name, g.record_id, g.upto, g.rows, g.retries, g.first_op,"
+        "SELECT g.table_name, g.record_id, g.upto, g.rows, g.retries, f.operation,"
         " q.priority, q.record_data FROM"
         " (SELECT table_name, record_id, max(id) AS upto, min(id) AS first, count(*) AS rows,"
-        "  max(retry_count) AS retries, min(" S_RANK ") AS rank,"
-        "  (SELECT operation FROM sync_queue f WHERE f.id = min(s.id)) AS first_op"
-        "  FROM sync_queue s WHERE synced_at IS NULL AND parked_at IS NULL"
-        "  GROUP BY table_name, record_id) g"
-        " JOIN sync_queue q ON q.id = g.upto ORDER BY g.rank, g.first LIMIT ?");
+        "  max(retry_count) AS retries, min(" S_RANK ") AS rank"
+        "  FROM sync_queue WHERE synced_at IS NULL AND parked_at IS NULL"
+        "  GROUP BY table_name, record_id ORDER BY rank, first LIMIT ?) g"
+        " JOIN sync_queue q ON q.id = g.upto JOIN sync_queue f ON f.id = g.first"
+        " ORDER BY g.rank, g.first");
     if (!stmt)
         return store_db_fail (self, err, "sync.pending");
     sqlite3_bind_int64 (stmt, 1, limit);
