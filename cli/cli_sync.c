@@ -251,6 +251,7 @@ s_status (cli_t *cli)
     cJSON_AddStringToObject (status, "detail", cli_str (state, "detail"));
     cJSON_DeleteItemFromObject (status, "v");
     cJSON_Delete (state);
+    state_name = cli_str (status, "state");
     if (cli->json) {
         cli_print_json (status);
         cJSON_Delete (status);

@@ -245,8 +245,12 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def read_body(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+        """The request body, read once: it is read before any answer, so an
+        early error never leaves it on a kept-alive connection."""
+        if getattr(self, "_body", None) is None:
+            length = int(self.headers.get("Content-Length") or 0)
+            self._body = self.rfile.read(length) if length else b""
+        return self._body
 
     def fault(self, method, path):
         """Applies the first matching fault, if any; True if it answered."""
@@ -284,6 +288,8 @@ class Handler(BaseHTTPRequestHandler):
         path = url.path
         params = urllib.parse.parse_qsl(url.query, keep_blank_values=True)
         self.count(method, path)
+        self._body = None
+        self.read_body()
         try:
             if path.startswith("/__test__/") and ARGS.control:
                 return self.control(method, path)

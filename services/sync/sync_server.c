@@ -280,7 +280,7 @@ sync_after (sync_t *self, sync_verdict_t verdict, const char *why)
     if (verdict == SYNC_OK || verdict == SYNC_PERMANENT) {
         self->backoff_ms = 0;
         self->auth_failures = 0;
-        if (self->pending > 0 || self->push_wanted)
+        if (self->pending > 0)
             sync_set_state (self, SYNC_SYNCING, "pushing queued changes");
         else
             sync_set_state (self, SYNC_ONLINE, "");
@@ -290,6 +290,7 @@ sync_after (sync_t *self, sync_verdict_t verdict, const char *why)
         //  An expired or refused JWT: refresh once, then retry. Twice in a
         //  row means the new token is refused too.
         if (++self->auth_failures <= 2) {
+            ccm_info ("the hub refused the token (%s): refreshing it", why);
             self->retry_after_refresh = true;
             s_refresh (self);
             return;
@@ -384,7 +385,7 @@ s_tick (zloop_t *loop, int timer_id, void *arg)
             return 0;
         }
     }
-    if (self->state == SYNC_LOCAL_ONLY)
+    if (self->state == SYNC_LOCAL_ONLY || self->state == SYNC_SYNCING)
         sync_set_state (self, SYNC_ONLINE, "");
     if (now - self->last_pull_ms >= self->pull_ms) {
         self->last_pull_ms = now;
