@@ -217,6 +217,10 @@ s_supervise (cli_t *cli, int lock_fd, const char *role)
         memset (service, 0, sizeof *service);
         snprintf (service->path, sizeof service->path, "%s/ccm-%s", self, s_services[i]);
         service->delay_ms = first_delay;
+        //  ccm-sync runs only for a machine connected to a hub (ccm sync login).
+        if (!strcmp (s_services[i], "sync")
+            && access (ccm_config_str (cli->config, "sync.credentials"), F_OK) != 0)
+            continue;
         if (s_in_role (role, s_services[i]) && access (service->path, X_OK) == 0)
             count++;
     }

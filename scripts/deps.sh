@@ -10,7 +10,7 @@ packages=(build-essential cmake pkg-config git tmux ca-certificates
           uuid-dev libwebsockets-dev)
 if [[ "${1:-}" == "--test" ]]; then
     packages+=(python3 python3-zmq python3-websockets sqlite3 clang-format systemd procps psmisc iproute2
-               chromium)
+               chromium postgresql-15 python3-psycopg2)
 fi
 
 missing=()

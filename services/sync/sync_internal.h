@@ -64,6 +64,7 @@ struct _sync_t {
     int64_t next_try_ms;   //  mono: nothing is sent before this (backoff)
     int64_t backoff_ms;    //  the last wait; 0 after a success
     int64_t last_pull_ms;  //  mono
+    int64_t watchdog_ms;   //  mono: last WATCHDOG=1
     int64_t pending;       //  rows waiting, as of the last sync.pending
     zhashx_t *suspects;    //  "table\trecord" -> 1: sent alone after a batch was refused
     sync_round_t *round;

@@ -18,6 +18,7 @@
 #include "ccm_bus.h"
 #include "ccm_id.h"
 #include "ccm_log.h"
+#include "ccm_notify.h"
 #include "ccm_proc.h"
 
 #include <sys/stat.h>
@@ -361,6 +362,11 @@ s_tick (zloop_t *loop, int timer_id, void *arg)
     sync_t *self = (sync_t *) arg;
     if (zsys_interrupted)
         return -1;
+    int64_t watchdog = ccm_notify_watchdog_ms ();
+    if (watchdog && zclock_mono () - self->watchdog_ms >= watchdog / 3) {
+        self->watchdog_ms = zclock_mono ();
+        ccm_notify ("WATCHDOG=1");
+    }
     if (self->phase != SYNC_IDLE)
         return 0;
     if (!s_load_cred (self)) {
