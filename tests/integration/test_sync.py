@@ -524,5 +524,64 @@ class TestScopeAndLogin(SyncTestCase):
         self.assertGreater(a.pending(), 0)
 
 
+class TestStoreSyncVerbs(ccmtest.StoreTestCase):
+    """The store's sync verbs refuse bad input by field and keep running."""
+
+    def w(self, verb, **body):
+        return self.store.call(verb, idem=str(uuid.uuid4()), **body)
+
+    def test_bad_input(self):
+        self.assertError(self.w("sync.mark", outcome="synced", items=[{"table": "tasks",
+                                "record_id": "x", "upto": "1"}]), "bad_field", "items[0].upto")
+        self.assertError(self.w("sync.mark", outcome="parked", items=[{"table": "tasks",
+                                "record_id": "x", "upto": 1}]), "missing_field", "error")
+        self.assertError(self.w("sync.mark", outcome="lost", items=[]), "bad_field", "outcome")
+        self.assertError(self.w("sync.apply", table="hook_events", system_id="s", rows=[]),
+                         "bad_field", "table")
+        self.assertError(self.w("sync.apply", table="tasks", system_id="s", rows=[{"id": "t"}]),
+                         "bad_field", "rows[0]")
+        self.assertError(self.w("sync.apply", table="tasks", system_id="s", rows=["x"]),
+                         "bad_field", "rows[0]")
+        self.assertError(self.w("sync.meta.set", values={"k": 5}), "bad_field", "values.k")
+        self.assertError(self.store.call("sync.pending", limit=0), "bad_field", "limit")
+        self.assertEqual(self.store.ok("ping")["pong"], True)
+
+    def test_a_hostile_hub_cannot_name_a_path(self):
+        now = "2026-01-01T00:00:00.000000+00:00"
+        bad = ["../../etc/cron.d/x", ".hidden", "a/b", "-rf", "x" * 65, ""]
+        reply = self.w("sync.apply", table="skills", system_id="s", rows=[
+            {"id": str(uuid.uuid4()), "name": n, "content": "evil", "updated_at": now}
+            for n in bad] + [{"id": str(uuid.uuid4()), "name": "good.skill_1", "content": "ok",
+                             "updated_at": now}])
+        body = self.assertOk(reply)
+        self.assertEqual((body["applied"], body["skipped"], body["changed"]),
+                         (1, len(bad), ["good.skill_1"]))
+        self.assertEqual(self.store.query("SELECT name FROM skills"), [("good.skill_1",)])
+        # The same row again, or an older one, changes nothing.
+        again = self.assertOk(self.w("sync.apply", table="skills", system_id="s", rows=[
+            {"id": str(uuid.uuid4()), "name": "good.skill_1", "content": "older",
+             "updated_at": "2025-01-01T00:00:00Z"}]))
+        self.assertEqual(again["applied"], 0)
+        self.assertEqual(self.store.query("SELECT content FROM skills"), [("ok",)])
+
+    def test_pending_collapses_a_record_and_puts_urgent_first(self):
+        normal = self.add_task("n")["id"]
+        urgent = self.add_task("u", priority="urgent")["id"]
+        self.assertOk(self.w("task.cancel", task=normal))
+        items = self.assertOk(self.store.call("sync.pending", limit=100))["items"]
+        tasks = [i for i in items if i["table"] == "tasks"]
+        self.assertEqual([i["record_id"] for i in tasks], [urgent, normal])
+        last = tasks[1]
+        self.assertEqual((last["rows"], last["first_op"], last["data"]["status"]),
+                         (3, "INSERT", "cancelled"))
+        self.assertEqual(last["upto"], self.store.scalar(
+            "SELECT max(id) FROM sync_queue WHERE record_id = ?", normal))
+        marked = self.assertOk(self.w("sync.mark", outcome="synced", items=[
+            {"table": "tasks", "record_id": normal, "upto": last["upto"]}]))
+        self.assertEqual(marked["marked"], 3)
+        left = self.assertOk(self.store.call("sync.pending", limit=100))["items"]
+        self.assertNotIn(normal, [i["record_id"] for i in left])
+
+
 if __name__ == "__main__":
     ccmtest.main()
