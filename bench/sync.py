@@ -133,8 +133,8 @@ def main():
     try:
         user = hub.add_user("bench@example.com", "bench-pw")
         print(f"bench/sync: ccm-sync -> fake_postgrest.py -> PostgreSQL 15; medians of {REPS}")
-        print(f"{'batch':>6} {'rows':>7} {'pushed rows/s':>14} {'psql \\copy rows/s':>18}"
-              f" {'ratio':>7}")
+        copy_head = "psql \\copy rows/s"
+        print(f"{'batch':>6} {'rows':>7} {'pushed rows/s':>14} {copy_head:>18} {'ratio':>7}")
         for batch in (1, 100, 1000):
             n = max(ROWS // 10, 100) if batch == 1 else ROWS
             rates, limits = [], []

@@ -502,7 +502,9 @@ sync_push_start (sync_t *self)
     cJSON_Delete (reply);
     self->round = round;
     self->phase = SYNC_PUSHING;
-    sync_set_state (self, SYNC_SYNCING, "pushing queued changes");
+    //  Offline or Queuing stays so until a request goes through.
+    if (self->state == SYNC_ONLINE || self->state == SYNC_LOCAL_ONLY)
+        sync_set_state (self, SYNC_SYNCING, "pushing queued changes");
     s_send_level (round);
     return 1;
 }

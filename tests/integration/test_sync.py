@@ -298,6 +298,7 @@ class TestOffline(SyncTestCase):
         a.wait_drained()
         self.hub.stop_server()
         wait_for("Offline", lambda: a.state() == "Offline", diagnose=a.log)
+        offline_seq = a.home.replay(0, topic="sync.state")[-1]["seq"] - 1
         # Work goes on: 1,000 queued changes (tasks, their moves, events).
         start = a.home.scalar("SELECT count(*) FROM sync_queue")
         pipe = ccmtest.Pipeline(a.home.main_client)
@@ -315,6 +316,9 @@ class TestOffline(SyncTestCase):
         self.assertGreaterEqual(queued, 1000)
         self.assertEqual(a.state(), "Offline")
         self.assertTrue(a.sync.poll() is None)
+        # It stayed Offline all along: no flapping while changes kept coming.
+        self.assertEqual([e["data"]["state"] for e in a.home.replay(
+            offline_seq, topic="sync.state")], ["Offline"])
         waiting = a.pending()
         self.assertGreaterEqual(waiting, 1000)
         failed = a.home.query("SELECT retry_count, error_message FROM sync_queue"
