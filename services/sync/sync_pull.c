@@ -271,8 +271,9 @@ s_done (const sync_http_resp_t *resp, void *arg)
         cJSON *values = cJSON_AddObjectToObject (body, "values");
         cJSON_AddStringToObject (values, key, value);
         cJSON_Delete (sync_call (self, "sync.meta.set", body, true));
-        cJSON_ReplaceItemInObjectCaseSensitive (self->meta, key, cJSON_CreateString (value));
-        if (!cJSON_GetObjectItemCaseSensitive (self->meta, key))
+        if (cJSON_GetObjectItemCaseSensitive (self->meta, key))
+            cJSON_ReplaceItemInObjectCaseSensitive (self->meta, key, cJSON_CreateString (value));
+        else
             cJSON_AddStringToObject (self->meta, key, value);
     }
     free (value);
