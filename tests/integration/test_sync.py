@@ -528,6 +528,33 @@ class TestScopeAndLogin(SyncTestCase):
         self.assertGreater(a.pending(), 0)
 
 
+class TestUp(SyncTestCase):
+
+    def sync_pids(self, home):
+        sync = os.path.realpath(os.path.join(home.path, "bin", "ccm-sync"))
+        return [p for p in home.processes()
+                if os.path.realpath(f"/proc/{p}/exe") == sync]
+
+    def test_ccm_up_starts_sync_only_with_a_hub(self):
+        home = self.make_home(extra_env={"CCM_SYNC_PULL_MS": "250"})
+        bin_dir = home.private_bin(("ccm", "ccm-store", "ccm-sync"))
+        code, out, err = home.run_cli("up", "--detach", timeout=30, bin_dir=bin_dir)
+        self.assertEqual(code, 0, err)
+        time.sleep(0.5)
+        self.assertEqual(self.sync_pids(home), [])
+        self.assertEqual(home.run_cli("down", timeout=30)[0], 0)
+        rc, out, err = home.run_cli("sync", "login", "--url", self.hub.url, "--anon-key",
+                                    self.hub.anon_key, "--email", "alice@example.com",
+                                    "--password-stdin", input="alice-pw\n")
+        self.assertEqual(rc, 0, err)
+        code, out, err = home.run_cli("up", "--detach", timeout=30, bin_dir=bin_dir)
+        self.assertEqual(code, 0, err)
+        wait_for("ccm-sync started by ccm up", lambda: self.sync_pids(home))
+        wait_for("Online", lambda: home.ok("sync.state")["sync"]["state"] == "Online")
+        self.assertEqual(home.run_cli("down", timeout=30)[0], 0)
+        self.assertEqual(home.processes(), [])
+
+
 class TestStoreSyncVerbs(ccmtest.StoreTestCase):
     """The store's sync verbs refuse bad input by field and keep running."""
 
