@@ -41,7 +41,8 @@ static const ccm_config_key_t s_keys[] = {
     {"router.wait_connection_s", CCM_CFG_INT, "3600",
      "how long a requires_supabase task without timeout_s waits for sync to connect"},
     {"executor.projects", CCM_CFG_STRING, "",
-     "comma-separated projects this executor holds (empty: every one present here)"},
+     "comma-separated projects this executor holds (empty: every one present here);"
+     " NAME=PATH also gives this machine's clone of NAME"},
     {"executor.dispatch", CCM_CFG_STRING, "router",
      "how the executor gets tasks: router (from ccm-router) or direct (claims them itself,"
      " for a store without a router)"},

@@ -64,9 +64,12 @@ typedef struct {
     cJSON *profiles;               //  user profiles from executor.profiles_file
     char *claude_settings;         //  Claude Code settings that run ccm-hook, or NULL
     //  With executor.dispatch "router": the router gives the tasks.
-    zsock_t *router;          //  DEALER to router.endpoint, or NULL (direct claim)
-    int64_t router_beat_ms;   //  heartbeat interval
-    int64_t router_heard_ms;  //  last message from the router
+    zsock_t *router;            //  DEALER to router.endpoint, or NULL (direct claim)
+    int64_t router_beat_ms;     //  heartbeat interval
+    int64_t router_heard_ms;    //  last message from the router, or last reconnect
+    int64_t router_contact_ms;  //  last message from the router (fencing)
+    int64_t fenced_ms;          //  last fencing check
+    bool hub_quiet;             //  the router silent for 2 beats: the hub is away
     //  Writes the store did not answer (hub unreachable), resent in order
     //  with their idempotency keys until it does: [verb][body JSON].
     zlistx_t *outbox;

@@ -87,7 +87,9 @@ s_call (exec_t *self, const char *verb, cJSON *body, bool write)
         char key[CCM_UUID_LEN + 1];
         ccm_uuid (key);
         cJSON_AddStringToObject (body, "idem", key);
-        if (self->outbox && zlistx_size (self->outbox)) {
+        //  Behind others, or while the hub is out of reach: no call that
+        //  would hold the loop for every retry.
+        if ((self->outbox && zlistx_size (self->outbox)) || self->hub_quiet) {
             s_keep (self, verb, body);
             cJSON_Delete (body);
             return NULL;
@@ -114,6 +116,9 @@ s_move (exec_t *self, const char *task_id, const char *to, const char *reason, c
     cJSON *body = cJSON_CreateObject ();
     cJSON_AddStringToObject (body, "task", task_id);
     cJSON_AddStringToObject (body, "to", to);
+    //  Only while this system still holds it: a task requeued while we were
+    //  away from the hub is another executor's now.
+    cJSON_AddStringToObject (body, "held_by", self->system_id);
     if (reason)
         cJSON_AddStringToObject (body, "reason", reason);
     if (result)
@@ -284,7 +289,14 @@ s_finish (exec_t *self, exec_agent_t *agent, int status, int signal_number)
     cJSON_AddStringToObject (details, "log", agent->log_path);
     cJSON_AddStringToObject (details, "worktree", agent->worktree);
     cJSON_AddItemToObject (result, "details", details);
-    if (to)
+    bool lost = agent->end_reason && strcmp (agent->end_reason, "lost") == 0;
+    if (lost) {
+        //  Fenced off: the task is (or may be) another executor's now.
+        cJSON_Delete (result);
+        to = NULL;
+        snprintf (reason, sizeof reason, "stopped: the hub was out of reach");
+    }
+    else if (to)
         s_move (self, agent->task_id, to, reason, result);
     else {
         cJSON *body = cJSON_CreateObject ();
@@ -532,17 +544,29 @@ s_start (exec_t *self, cJSON *task)
 }
 
 //  Whether this executor holds the project: every one present here, or
-//  only those executor.projects names.
+//  only those executor.projects names. An entry NAME=PATH also says where
+//  the project is on this machine (its clone here), written into path;
+//  otherwise path is "" and the store's path counts.
 static bool
-s_holds (exec_t *self, const char *name)
+s_holds (exec_t *self, const char *name, char *path, size_t size)
 {
+    *path = 0;
     const char *list = ccm_config_str (self->config, "executor.projects");
     if (!*list)
         return true;
     size_t len = strlen (name);
-    for (const char *at = list; at && *at; at = strchr (at, ',') ? strchr (at, ',') + 1 : NULL)
-        if (strncmp (at, name, len) == 0 && (at[len] == ',' || at[len] == '\0'))
+    for (const char *at = list; at && *at; at = strchr (at, ',') ? strchr (at, ',') + 1 : NULL) {
+        if (strncmp (at, name, len) != 0)
+            continue;
+        if (at[len] == ',' || at[len] == '\0')
             return true;
+        if (at[len] == '=') {
+            const char *end = strchr (at + len + 1, ',');
+            size_t n = end ? (size_t) (end - at - len - 1) : strlen (at + len + 1);
+            snprintf (path, size, "%.*s", (int) n, at + len + 1);
+            return true;
+        }
+    }
     return false;
 }
 
@@ -565,13 +589,17 @@ s_refresh_projects (exec_t *self)
     cJSON *project;
     cJSON_ArrayForEach (project, self->projects)
     {
-        const char *path = s_str (project, "path");
         const char *name = s_str (project, "name");
+        char local[PATH_MAX];
+        if (!name || !s_holds (self, name, local, sizeof local))
+            continue;  //  left to other executors
+        //  This machine's clone, when it is elsewhere than the store says.
+        if (*local)
+            cJSON_ReplaceItemInObjectCaseSensitive (project, "path", cJSON_CreateString (local));
+        const char *path = s_str (project, "path");
         struct stat st;
-        if (!path || !name || stat (path, &st))
+        if (!path || stat (path, &st))
             continue;  //  not on this machine
-        if (!s_holds (self, name))
-            continue;  //  present, but left to other executors
         //  Cheap facts first: the repository, its branch, its last fetch
         //  (git's FETCH_HEAD, written by every fetch and pull).
         char marker[PATH_MAX + 24];
@@ -637,9 +665,11 @@ s_claim (exec_t *self)
     //  Every project with a path, even one missing here: its tasks then fail
     //  with the reason, rather than wait forever. The router (which knows
     //  every machine's contexts) will replace this direct claim.
+    char local[PATH_MAX];
     cJSON_ArrayForEach (project, self->projects)
     {
-        if (s_str (project, "path") && s_holds (self, s_str (project, "name")))
+        if (s_str (project, "path") && s_str (project, "name")
+            && s_holds (self, s_str (project, "name"), local, sizeof local))
             cJSON_AddItemToArray (names, cJSON_CreateString (s_str (project, "name")));
     }
     cJSON_AddNumberToObject (body, "limit", free_slots);
@@ -1080,6 +1110,8 @@ s_router_connect (exec_t *self)
     zsock_destroy (&self->router);
     self->router = ccm_bus_dealer_connect (ccm_config_str (self->config, "router.endpoint"));
     self->router_heard_ms = ccm_mono_ms ();
+    if (!self->router_contact_ms)
+        self->router_contact_ms = self->router_heard_ms;
     self->router_sent_ms = 0;
 }
 
@@ -1123,8 +1155,54 @@ s_router_run (exec_t *self, const char *task_id)
     cJSON_Delete (reply);
 }
 
+//  Fencing. The router marks an executor silent for router.liveness beats
+//  offline, and the store gives its tasks to others. So after one beat
+//  less of silence, an executor that cannot reach the store either (a
+//  partition: a quick ping fails) stops its agents, and one that can stops
+//  those whose tasks it no longer holds: a task never runs twice.
+static void
+s_fence (exec_t *self, int64_t silent_ms)
+{
+    int64_t quick_ms = self->router_beat_ms / 2 > 50 ? self->router_beat_ms / 2 : 50;
+    ccm_client_t *probe =
+        ccm_client_new (ccm_config_str (self->config, "store.endpoint"), (int) quick_ms, 0);
+    cJSON *reply = NULL, *ping = cJSON_CreateObject ();
+    bool reachable = probe && ccm_client_call (probe, "ping", ping, &reply) == 0;
+    cJSON_Delete (ping);
+    cJSON_Delete (reply);
+    for (int i = 0; i < self->nagents; i++) {
+        exec_agent_t *agent = self->agents[i];
+        if (agent->end_reason)
+            continue;
+        bool held = false;
+        if (reachable) {
+            cJSON *body = cJSON_CreateObject ();
+            cJSON_AddStringToObject (body, "task", agent->task_id);
+            reply = NULL;
+            if (ccm_client_call (probe, "task.get", body, &reply) == 0) {
+                const char *holder =
+                    s_str (cJSON_GetObjectItemCaseSensitive (reply, "task"), "locked_by");
+                held = holder && strcmp (holder, self->system_id) == 0;
+            }
+            else
+                held = true;  //  the store is there: no reason to think it is lost
+            cJSON_Delete (reply);
+            cJSON_Delete (body);
+        }
+        if (!held) {
+            ccm_warn ("task %s: no word from the router in %lld ms and %s; stopping its agent so"
+                      " that it never runs twice",
+                      agent->short_id, (long long) silent_ms,
+                      reachable ? "the store says another executor holds it"
+                                : "the store is out of reach too");
+            agent->end_reason = "lost";
+        }
+    }
+    ccm_client_destroy (&probe);
+}
+
 //  Takes what the router sent; reconnects if it has been silent too long;
-//  beats when due.
+//  fences when it may have been given up; beats when due.
 static void
 s_router_poll (exec_t *self)
 {
@@ -1134,6 +1212,7 @@ s_router_poll (exec_t *self)
         char *text = msg ? zmsg_popstr (msg) : NULL;
         cJSON *body = text ? cJSON_Parse (text) : NULL;
         self->router_heard_ms = ccm_mono_ms ();
+        self->router_contact_ms = self->router_heard_ms;
         const char *task_id = cJSON_GetStringValue (cJSON_GetObjectItem (body, "task_id"));
         if (verb && strcmp (verb, "RUN") == 0 && task_id && ccm_uuid_valid (task_id))
             s_router_run (self, task_id);
@@ -1146,6 +1225,12 @@ s_router_poll (exec_t *self)
     }
     int64_t now = ccm_mono_ms ();
     int64_t liveness = ccm_config_int (self->config, "router.liveness");
+    int64_t silent = now - self->router_contact_ms;
+    if (self->nagents && silent > self->router_beat_ms * (liveness > 1 ? liveness - 1 : 1)
+        && now - self->fenced_ms > self->router_beat_ms) {
+        self->fenced_ms = now;
+        s_fence (self, silent);
+    }
     if (now - self->router_heard_ms > self->router_beat_ms * liveness) {
         ccm_warn ("no word from the router in %lld ms; reconnecting",
                   (long long) (now - self->router_heard_ms));
@@ -1237,17 +1322,21 @@ exec_main (ccm_config_t *config)
         else
             zclock_sleep ((int) poll_ms);
         int64_t now = ccm_mono_ms ();
-        if (self.outbox && zlistx_size (self.outbox) && now - self.outbox_tried_ms >= S_RESEND_MS) {
+        //  With a router, its silence says the hub is out of reach: then
+        //  nothing waits on the store (writes are kept for later).
+        self.hub_quiet = self.router && now - self.router_contact_ms > 2 * self.router_beat_ms;
+        if (self.outbox && zlistx_size (self.outbox) && !self.hub_quiet
+            && now - self.outbox_tried_ms >= S_RESEND_MS) {
             self.outbox_tried_ms = now;
             s_resend (&self);
         }
         s_watch (&self);
         now = ccm_mono_ms ();
-        if (woken || now >= next_check) {
+        if ((woken || now >= next_check) && !self.hub_quiet) {
             s_check_cancelled (&self);
             next_check = now + poll_ms;
         }
-        if (projects_changed || now >= next_refresh) {
+        if ((projects_changed || now >= next_refresh) && !self.hub_quiet) {
             s_refresh_projects (&self);
             next_refresh = now + 2000;
         }

@@ -698,10 +698,30 @@ store_task_list (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     return 0;
 }
 
+//  Refuses (conflict) a move by an executor that no longer holds the task:
+//  it was requeued (its executor went offline) and maybe runs elsewhere.
+static int
+s_check_holder (store_t *self, const char *id, const char *held_by, ccm_error_t *err)
+{
+    sqlite3_stmt *stmt = store_db_prepare (self->db, "SELECT locked_by FROM tasks WHERE id = ?");
+    if (!stmt)
+        return store_db_fail (self, err, "held_by");
+    sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
+    char holder[129] = "";
+    if (sqlite3_step (stmt) == SQLITE_ROW && sqlite3_column_text (stmt, 0))
+        snprintf (holder, sizeof holder, "%s", sqlite3_column_text (stmt, 0));
+    sqlite3_finalize (stmt);
+    if (strcmp (holder, held_by) == 0)
+        return 0;
+    return ccm_fail (err, "conflict", "held_by",
+                     "held_by: task %.8s is not held by system %.36s any more (%s%.36s)", id,
+                     held_by, *holder ? "now by system " : "it was requeued", holder);
+}
+
 int
 store_task_transition (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
 {
-    const char *ref = NULL, *to = NULL, *reason = NULL, *locked_by = NULL;
+    const char *ref = NULL, *to = NULL, *reason = NULL, *locked_by = NULL, *held_by = NULL;
     cJSON *result = NULL;
     char id[CCM_UUID_LEN + 1];
     if (ccm_get_string (body, "task", true, 64, &ref, err)
@@ -709,7 +729,9 @@ store_task_transition (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *er
         || ccm_get_string (body, "reason", false, 4096, &reason, err)
         || ccm_get_object (body, "result", false, &result, err)
         || ccm_get_string (body, "locked_by", false, 128, &locked_by, err)
-        || store_task_resolve (self, "task", ref, id, err))
+        || ccm_get_string (body, "held_by", false, 128, &held_by, err)
+        || store_task_resolve (self, "task", ref, id, err)
+        || (held_by && s_check_holder (self, id, held_by, err)))
         return -1;
     return store_task_move (self, id, to, reason, result, locked_by, reply, err);
 }

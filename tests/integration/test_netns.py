@@ -94,7 +94,7 @@ class TestHubAndWorkersInNamespaces(unittest.TestCase):
         env.update(tx.GIT_ENV)
         env.update({k: f"tcp://{host}:{port}" for k, port in PORTS.items()})
         env.update(CCM_HOME=home, CCM_BUS_TIMEOUT_MS="1000", CCM_BUS_RETRIES="1",
-                   CCM_ROUTER_HEARTBEAT_MS="500", CCM_ROUTER_LIVENESS="80",
+                   CCM_ROUTER_HEARTBEAT_MS="500", CCM_ROUTER_LIVENESS=str(self.liveness),
                    CCM_BUS_SERVER_KEY=os.path.join(self.root, "hub", "keys", "ccm.cert"))
         env.update(extra)
         return env
@@ -120,7 +120,11 @@ class TestHubAndWorkersInNamespaces(unittest.TestCase):
         with open(os.path.join(home, f"{binary}.log"), encoding="utf-8", errors="replace") as f:
             return f.read()
 
-    def test_tasks_cross_hosts_and_survive_a_partition(self):
+    def cluster(self, liveness, holds):
+        """Keys, the hub (store, router) and the workers (executor, hooks), each
+        holding the projects holds[name] names; returns the hub's env and the
+        workers' system ids."""
+        self.liveness = liveness
         hub = self.home("hub")
         for name in ("hub", "w1", "w2"):
             rc, _, err = self.cli(self.ns_hub, {"CCM_HOME": self.home(name), "PATH":
@@ -135,7 +139,7 @@ class TestHubAndWorkersInNamespaces(unittest.TestCase):
         self.run_in(self.ns_hub, "ccm-router", hub, hub_env)
 
         repos = {}
-        for project in ("p", "q"):
+        for project in ("p", "q", "r"):
             repos[project] = os.path.join(self.root, "repos", project)
             os.makedirs(repos[project])
             tx.git(repos[project], "init", "-q", "-b", "main")
@@ -144,7 +148,14 @@ class TestHubAndWorkersInNamespaces(unittest.TestCase):
                                   repos[project])
             self.assertEqual(rc, 0, err)
         workers = {}
-        for i, (name, projects) in enumerate((("w1", "p"), ("w2", "q")), 1):
+        for i, name in enumerate(("w1", "w2"), 1):
+            # Each machine its own clone, as on real hosts.
+            projects = []
+            for project in holds[name].split(","):
+                clone = os.path.join(self.root, name, "src", project)
+                tx.git(self.root, "clone", "-q", repos[project], clone)
+                projects.append(f"{project}={clone}")
+            projects = ",".join(projects)
             home = self.home(name)
             wenv = self.env(home, f"10.91.{i}.1", CCM_EXECUTOR_MACHINE_ID=f"{name}-{self.tag}",
                             CCM_EXECUTOR_HOSTNAME=name, CCM_EXECUTOR_PROJECTS=projects,
@@ -155,6 +166,25 @@ class TestHubAndWorkersInNamespaces(unittest.TestCase):
             self.run_in(ns, "ccm-hooks", home, wenv)
             workers[name] = tx.wait_for(f"{name} registered", lambda name=name: self.query(
                 "SELECT id FROM systems WHERE hostname = ? AND status = 'online'", name), 20)[0][0]
+        return hub_env, workers
+
+    def diagnose(self, task):
+        events = self.query("SELECT event_type, event_data FROM task_events WHERE task_id = ?"
+                            " ORDER BY rowid", task)
+        logs = "\n".join(f"--- {name}/{binary}\n" + self.log(self.home(name), binary)[-1500:]
+                         for name, binary in (("hub", "ccm-router"), ("w1", "ccm-executor"),
+                                              ("w2", "ccm-executor")))
+        return f"events: {events}\n{logs}"
+
+    def add(self, hub_env, project, script):
+        rc, task, err = self.cli(self.ns_hub, hub_env, "task", "add", "--project", project,
+                                 "--agent", "shell", "--", script)
+        self.assertEqual(rc, 0, err)
+        return task.strip()
+
+    def test_tasks_cross_hosts_and_survive_a_partition(self):
+        # Liveness 80 beats of 500 ms: a 20 s cut is no loss of an executor.
+        hub_env, workers = self.cluster(80, {"w1": "p", "w2": "q"})
 
         # A task for p runs on w1, the only holder of p; q's on w2.
         out = self.root
@@ -170,6 +200,11 @@ class TestHubAndWorkersInNamespaces(unittest.TestCase):
                 "SELECT 1 FROM tasks WHERE id = ? AND status = 'complete'", ids[project]), 30)
             with open(f"{out}/ran-{project}") as f:
                 self.assertEqual(f.read().strip(), workers[name])
+            path, system = self.query("SELECT worktree_path, system_id FROM task_worktrees"
+                                      " WHERE task_id = ?", ids[project])[0]
+            self.assertTrue(path.startswith(os.path.join(self.root, name) + "/"),
+                            f"{path}: not in {name}'s own worktrees")
+            self.assertEqual(system, workers[name])
         rc, shown, err = self.cli(self.ns_hub, hub_env, "systems", "--json")
         self.assertEqual(sorted((s["hostname"], s["status"]) for s in json.loads(shown)),
                          [("w1", "online"), ("w2", "online")])
@@ -212,6 +247,42 @@ class TestHubAndWorkersInNamespaces(unittest.TestCase):
         self.assertIn("the store does not answer: task.transition", log,
                       "the result was held back while the hub was away")
         self.assertIn("task.transition, kept while the store was away, is recorded", log)
+
+    def test_a_lost_worker_is_fenced_and_its_task_runs_elsewhere_once(self):
+        # Liveness 6 beats of 500 ms: the router gives w1 up after 3 s; w1,
+        # unable to reach the hub, stops its agent a beat before.
+        hub_env, workers = self.cluster(6, {"w1": "r", "w2": "r"})
+        runs = os.path.join(self.root, "runs")
+        # The first run (on w1, pinned by its lower load... either way, the one
+        # we cut) notes its start, then works for 8 s; a later run ends at once.
+        script = (f"echo $CCM_SYSTEM_ID >> {runs}; "
+                  f"if [ $(wc -l < {runs}) -lt 2 ]; then sleep 8; fi; "
+                  f"echo $CCM_SYSTEM_ID-finished >> {runs}")
+        task = self.add(hub_env, "r", script)
+        tx.wait_for("the first run", lambda: os.path.exists(runs), 30)
+        with open(runs) as f:
+            first = f.read().split()[0]
+        name = "w1" if first == workers["w1"] else "w2"
+        other = workers["w2" if name == "w1" else "w1"]
+        ns, link = self.links[name]
+        self.ip(ns, "link", "set", link, "down")
+        tx.wait_for("the task requeued and run on the other worker", lambda: self.query(
+            "SELECT 1 FROM tasks WHERE id = ? AND status = 'complete'", task), 40,
+            diagnose=lambda: self.diagnose(task))
+        time.sleep(10)  # longer than the first run would have taken
+        self.ip(ns, "link", "set", link, "up")
+        tx.wait_for(f"{name} back online", lambda: self.query(
+            "SELECT 1 FROM systems WHERE id = ? AND status = 'online'", workers[name]), 30)
+        time.sleep(2)
+        with open(runs) as f:
+            self.assertEqual(f.read().split(), [first, other, f"{other}-finished"],
+                             "the cut-off run was stopped before the task ran elsewhere")
+        self.assertEqual(self.query("SELECT status, attempts FROM tasks WHERE id = ?", task),
+                         [("complete", 2)])
+        self.assertEqual(self.query("SELECT count(*) FROM task_results WHERE task_id = ?", task),
+                         [(1,)], "the fenced run recorded nothing")
+        self.assertIn("stopping its agent so that it never runs twice",
+                      self.log(self.home(name), "ccm-executor"))
 
 
 if __name__ == "__main__":
