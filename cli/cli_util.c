@@ -48,6 +48,14 @@ cli_call (cli_t *cli, const char *verb, cJSON *body, cJSON **reply_p)
     cJSON *reply = NULL;
     int rc = ccm_client_call (client, verb, body, &reply);
     ccm_client_destroy (&client);
+    if (rc == CCM_ETIMEOUT && strncmp (endpoint, "tcp://", 6) == 0) {
+        //  Over tcp:// a refused handshake looks like silence: say what to check.
+        cli_fail ("no answer from the store at %s: the hub may be down or out of reach,"
+                  " bus.server_key may not be the hub's key, or this machine's key may not be"
+                  " trusted there ('ccm keys trust' on the hub)",
+                  endpoint);
+        return 1;
+    }
     if (rc) {
         cli_fail ("%s", ccm_client_strerror (rc, reply));
         cJSON_Delete (reply);

@@ -1265,7 +1265,15 @@ exec_main (ccm_config_t *config)
                                  (int) ccm_config_int (config, "bus.timeout_ms"),
                                  (int) ccm_config_int (config, "bus.retries"));
     while (!zsys_interrupted && (!self.store || s_register (&self))) {
-        ccm_warn ("cannot register with the store; retrying");
+        const char *endpoint = ccm_config_str (config, "store.endpoint");
+        if (strncmp (endpoint, "tcp://", 6) == 0)
+            ccm_warn ("cannot register with the store at %s: no answer; the hub may be down or"
+                      " out of reach, bus.server_key may not be the hub's key, or this"
+                      " machine's key may not be trusted there ('ccm keys trust' on the hub);"
+                      " retrying",
+                      endpoint);
+        else
+            ccm_warn ("cannot register with the store; retrying");
         zclock_sleep (1000);
     }
     if (zsys_interrupted) {

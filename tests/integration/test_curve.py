@@ -338,7 +338,7 @@ class TestStartErrors(CurveTestCase):
         rc, _, err = self.cli(other, "task", "list", env=self.env(
             other, CCM_BUS_SERVER_KEY=os.path.join(other, "keys", "ccm.cert")))
         self.assertEqual(rc, 1)
-        self.assertIn("no answer from the store", err)
+        self.assertIn("bus.server_key may not be the hub's key", err)
         tx.wait_for("the failed handshake logged", lambda: "refused a peer on" in self.log(
             home, "ccm-store"), 10)
 

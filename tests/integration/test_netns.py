@@ -44,7 +44,7 @@ class TestHubAndWorkersInNamespaces(unittest.TestCase):
         self.addCleanup(self._teardown)
         self.ns_hub = self.namespace("hub")
         self.links = {}
-        for i, name in ((1, "w1"), (2, "w2")):
+        for i, name in ((1, "w1"), (2, "w2"), (3, "w3")):
             ns = self.namespace(name)
             hub_if, worker_if = f"ch{i}{self.tag}", f"cw{i}{self.tag}"
             sh("ip", "link", "add", hub_if, "type", "veth", "peer", "name", worker_if)
@@ -75,7 +75,7 @@ class TestHubAndWorkersInNamespaces(unittest.TestCase):
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(5)
-        for name in ("w1", "w2"):
+        for name in ("w1", "w2", "w3"):
             sock = os.path.join(self.root, name, "run", "tmux.sock")
             if os.path.exists(sock):
                 subprocess.run(["tmux", "-S", sock, "kill-server"], capture_output=True)
@@ -176,6 +176,50 @@ class TestHubAndWorkersInNamespaces(unittest.TestCase):
                                               ("w2", "ccm-executor")))
         return f"events: {events}\n{logs}"
 
+    def stranger(self, hub, hub_env):
+        """A third host with a key the hub does not trust cannot register,
+        submit or subscribe; nor can a plain (non-CURVE) client; the hub logs
+        both refusals with the stranger's address."""
+        home = self.home("w3")
+        self.cli(self.ns_hub, {"CCM_HOME": home, "PATH": os.environ["PATH"]}, "keys", "gen")
+        ns = self.links["w3"][0]
+        env = self.env(home, "10.91.3.1", CCM_EXECUTOR_MACHINE_ID=f"w3-{self.tag}",
+                       CCM_EXECUTOR_HOSTNAME="w3",
+                       CCM_EXECUTOR_TMUX_SOCKET=os.path.join(home, "run", "tmux.sock"))
+        follow = subprocess.Popen(["ip", "netns", "exec", ns, os.path.join(BIN, "ccm"), "events",
+                                   "--follow"], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+        self.procs.append(follow)
+        self.run_in(ns, "ccm-executor", home, env)
+        rc, _, err = self.cli(ns, env, "task", "add", "--", "from a stranger")
+        self.assertEqual(rc, 1)
+        self.assertIn("no answer from the store at tcp://10.91.3.1:7101", err)
+        plain = subprocess.run(
+            ["ip", "netns", "exec", ns, "/usr/bin/python3", "-c",
+             "import zmq, sys; s = zmq.Context().socket(zmq.DEALER); s.setsockopt(zmq.LINGER, 0);"
+             " s.connect('tcp://10.91.3.1:7101'); s.send_multipart([b'', b'ping', b'{\"v\":1}']);"
+             " sys.exit(3 if s.poll(2000) else 0)"], capture_output=True, timeout=20)
+        self.assertEqual(plain.returncode, 0, "a plain client got an answer")
+        self.add(hub_env, "p", "true")  # an event the stranger must not see
+        time.sleep(3)
+        follow.terminate()
+        seen, _ = follow.communicate(timeout=10)
+        self.assertEqual(seen, b"", "the stranger's subscription got events")
+        self.assertEqual(self.query("SELECT count(*) FROM systems WHERE hostname = 'w3'"),
+                         [(0,)])
+        self.assertEqual(self.query("SELECT count(*) FROM tasks WHERE prompt ="
+                                    " 'from a stranger'"), [(0,)])
+        self.assertIn("cannot register with the store at tcp://10.91.3.1:7101",
+                      self.log(home, "ccm-executor"))
+        log = self.log(hub, "ccm-store")
+        self.assertIn("ZAP request mechanism=CURVE ipaddress=10.91.3.2", log)
+        with open(os.path.join(home, "keys", "ccm.cert")) as f:
+            key = [line.split('"')[1] for line in f if "public-key" in line][0]
+        self.assertIn(f"denied (CURVE) client_key={key}", log)
+        refusals = [line for line in log.splitlines() if "refused a peer on" in line]
+        self.assertTrue(any("not a CURVE client" in line or "a plain client" in line
+                            for line in refusals), "\n".join(refusals))
+
     def add(self, hub_env, project, script):
         rc, task, err = self.cli(self.ns_hub, hub_env, "task", "add", "--project", project,
                                  "--agent", "shell", "--", script)
@@ -208,6 +252,7 @@ class TestHubAndWorkersInNamespaces(unittest.TestCase):
         rc, shown, err = self.cli(self.ns_hub, hub_env, "systems", "--json")
         self.assertEqual(sorted((s["hostname"], s["status"]) for s in json.loads(shown)),
                          [("w1", "online"), ("w2", "online")])
+        self.stranger(self.home("hub"), hub_env)
 
         # A partition of 20 s while an agent runs and sends hook events.
         gate = os.path.join(self.root, "gate")
