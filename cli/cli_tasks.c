@@ -116,18 +116,25 @@ cli_cmd_systems (cli_t *cli, int argc, char **argv)
     if (cli->json)
         cli_print_json (systems);
     else {
-        printf ("%-8s %-20s %-8s %-9s %-8s %s\n", "ID", "HOSTNAME", "STATUS", "TYPE", "RUNNING",
-                "TAGS");
+        printf ("%-8s %-20s %-30s %-9s %-8s %-6s %s\n", "ID", "HOSTNAME", "STATUS", "TYPE",
+                "RUNNING", "AGENTS", "TAGS");
         cJSON *system;
         cJSON_ArrayForEach (system, systems)
         {
             printf ("%.8s ", cli_str (system, "id"));
             cli_print_cell (cli_str (system, "hostname"), 20);
             char *tags = cJSON_PrintUnformatted (cJSON_GetObjectItem (system, "tags"));
-            printf (" %-8s %-9s %3d/%-4d %s\n", cli_str (system, "status"),
-                    cli_str (system, "system_type"),
+            //  An offline machine says since when: its last heartbeat.
+            char status[64];
+            const char *seen = cli_str (system, "last_seen");
+            if (strcmp (cli_str (system, "status"), "offline") == 0 && seen)
+                snprintf (status, sizeof status, "offline since %.19s", seen);
+            else
+                snprintf (status, sizeof status, "%s", cli_str (system, "status"));
+            printf (" %-30s %-9s %3d/%-4d %-6d %s\n", status, cli_str (system, "system_type"),
                     (int) cJSON_GetNumberValue (cJSON_GetObjectItem (system, "running")),
                     (int) cJSON_GetNumberValue (cJSON_GetObjectItem (system, "capacity")),
+                    (int) cJSON_GetNumberValue (cJSON_GetObjectItem (system, "agents")),
                     tags ? tags : "[]");
             free (tags);
         }

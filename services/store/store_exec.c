@@ -369,7 +369,9 @@ store_system_list (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
         " 'public_key', s.public_key,"
         " 'running', (SELECT count(*) FROM tasks t WHERE t.locked_by = s.id"
         " AND t.status IN ('assigned', 'executing')),"
-        " 'contexts', (SELECT count(*) FROM contexts c WHERE c.system_id = s.id))"
+        " 'contexts', (SELECT count(*) FROM contexts c WHERE c.system_id = s.id),"
+        " 'agents', (SELECT count(*) FROM agents a WHERE a.system_id = s.id"
+        " AND a.status IN ('running', 'waiting', 'idle')))"
         " FROM systems s ORDER BY s.hostname");
     if (!stmt)
         return store_db_fail (self, err, "system.list");

@@ -31,6 +31,10 @@ class Systems(ccmtest.StoreTestCase):
         ok("project.add", name="web", path="/srv/web")
         self.add_task("one", project="web")
         ok("task.claim", idem=idem(), system_id=self.build["id"], projects=["web"], limit=1)
+        ok("agent.upsert", idem=idem(), agent_id=str(uuid.uuid4()), status="running",
+           system_id=self.build["id"])
+        ok("agent.upsert", idem=idem(), agent_id=str(uuid.uuid4()), status="exited",
+           system_id=self.build["id"])
 
     def test_systems(self):
         rc, out, err = self.store.run_cli("systems", "--json")
@@ -46,11 +50,22 @@ class Systems(ccmtest.StoreTestCase):
         rc, out, err = self.store.run_cli("systems")
         self.assertEqual(rc, 0, err)
         lines = out.splitlines()
-        self.assertEqual(lines[0].split(), ["ID", "HOSTNAME", "STATUS", "TYPE", "RUNNING", "TAGS"])
+        self.assertEqual(lines[0].split(), ["ID", "HOSTNAME", "STATUS", "TYPE", "RUNNING",
+                                            "AGENTS", "TAGS"])
         build_line = [line for line in lines if "build-box" in line][0]
         self.assertTrue(build_line.startswith(self.build["id"][:8]))
-        self.assertEqual(build_line.split()[2:], ["online", "devops", "1/4",
+        self.assertEqual(build_line.split()[2:], ["online", "devops", "1/4", "1",
                                                   '["gpu","os=linux"]'])
+        self.assertEqual(systems["build-box"]["agents"], 1)
+        self.assertEqual(systems["laptop"]["agents"], 0)
+
+        # An offline machine says since when (its last heartbeat).
+        self.store.ok("system.status", idem=idem(), system_id=self.laptop["id"],
+                      status="offline", reason="test")
+        seen = self.store.scalar("SELECT last_seen FROM systems WHERE id = ?", self.laptop["id"])
+        rc, out, err = self.store.run_cli("systems")
+        laptop_line = [line for line in out.splitlines() if "laptop" in line][0]
+        self.assertIn(f" offline since {seen[:19]} ", laptop_line)
         rc, out, err = self.store.run_cli("systems", "extra")
         self.assertEqual(rc, 2)
         self.assertIn("unexpected argument 'extra'", err)

@@ -242,11 +242,13 @@ function dashboardView() {
       h("div.panel",
         h("h2", "Systems"),
         state.systems.length ? h("table.list",
-          h("thead", h("tr", ["host", "state", "running", "contexts", "last seen"].map((c) => h("th", c)))),
-          h("tbody", state.systems.map((sys) => h("tr",
+          h("thead", h("tr", ["host", "state", "running", "agents", "contexts", "last seen"].map((c) => h("th", c)))),
+          h("tbody", state.systems.map((sys) => h("tr", { dataset: { system: sys.id } },
             h("td", { title: sys.id, text: sys.hostname || short(sys.id) }),
-            h("td", badge(sys.status || "unknown")),
+            h("td", badge(sys.status === "offline" ? `offline since ${ago(sys.last_seen)}`
+                            : sys.status || "unknown", sys.status || "unknown")),
             h("td", { text: `${sys.running || 0}/${sys.capacity || "?"}` }),
+            h("td", { text: String(sys.agents || 0) }),
             h("td", { text: String(sys.contexts || 0) }),
             h("td", { text: ago(sys.last_seen) })))))
           : h("p.muted", "No executor has registered yet.")),
