@@ -137,6 +137,7 @@ class TestHubAndWorkersInNamespaces(unittest.TestCase):
         self.run_in(self.ns_hub, "ccm-store", hub, hub_env)
         tx.wait_for("the hub's store", lambda: "ready" in self.log(hub, "ccm-store"), 15)
         self.run_in(self.ns_hub, "ccm-router", hub, hub_env)
+        self.run_in(self.ns_hub, "ccm-gateway", hub, dict(hub_env, CCM_GATEWAY_PORT="0"))
 
         repos = {}
         for project in ("p", "q", "r"):
@@ -175,6 +176,27 @@ class TestHubAndWorkersInNamespaces(unittest.TestCase):
                          for name, binary in (("hub", "ccm-router"), ("w1", "ccm-executor"),
                                               ("w2", "ccm-executor")))
         return f"events: {events}\n{logs}"
+
+    def gateway_systems(self):
+        """The hub's gateway's systems snapshot, asked from inside the hub's
+        namespace (the gateway listens on its loopback)."""
+        with open(os.path.join(self.root, "hub", "run", "gateway.url")) as f:
+            url = f.read().strip().replace("http://", "ws://") + "ws"
+        script = (
+            "import asyncio, json, sys, websockets\n"
+            "async def main():\n"
+            "    async with websockets.connect(sys.argv[1], subprotocols=['ccm.v1']) as ws:\n"
+            "        await ws.send(json.dumps({'id': 1, 'cmd': 'systems'}))\n"
+            "        while True:\n"
+            "            frame = json.loads(await ws.recv())\n"
+            "            if frame.get('type') == 'reply':\n"
+            "                print(json.dumps(frame['result']['systems']))\n"
+            "                return\n"
+            "asyncio.run(asyncio.wait_for(main(), 15))\n")
+        done = subprocess.run(["ip", "netns", "exec", self.ns_hub, "/usr/bin/python3", "-c",
+                               script, url], capture_output=True, text=True, timeout=30)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        return {s["hostname"]: s for s in json.loads(done.stdout)}
 
     def stranger(self, hub, hub_env):
         """A third host with a key the hub does not trust cannot register,
@@ -252,6 +274,10 @@ class TestHubAndWorkersInNamespaces(unittest.TestCase):
         rc, shown, err = self.cli(self.ns_hub, hub_env, "systems", "--json")
         self.assertEqual(sorted((s["hostname"], s["status"]) for s in json.loads(shown)),
                          [("w1", "online"), ("w2", "online")])
+        shown = self.gateway_systems()
+        self.assertEqual({name: shown[name]["status"] for name in shown},
+                         {"w1": "online", "w2": "online"}, "the hub's gateway shows both")
+        self.assertEqual(shown["w1"]["id"], workers["w1"])
         self.stranger(self.home("hub"), hub_env)
 
         # A partition of 20 s while an agent runs and sends hook events.
@@ -314,6 +340,9 @@ class TestHubAndWorkersInNamespaces(unittest.TestCase):
         tx.wait_for("the task requeued and run on the other worker", lambda: self.query(
             "SELECT 1 FROM tasks WHERE id = ? AND status = 'complete'", task), 40,
             diagnose=lambda: self.diagnose(task))
+        shown = self.gateway_systems()
+        self.assertEqual(shown[name]["status"], "offline", "the gateway shows the cut worker")
+        self.assertTrue(shown[name]["last_seen"], "offline since its last heartbeat")
         time.sleep(10)  # longer than the first run would have taken
         self.ip(ns, "link", "set", link, "up")
         tx.wait_for(f"{name} back online", lambda: self.query(
