@@ -218,3 +218,19 @@ store_db_collect_json (sqlite3_stmt *stmt, cJSON *array)
     }
     return rc == SQLITE_DONE ? rows : -1;
 }
+
+int
+store_db_row_json (store_t *self, sqlite3_stmt *stmt, cJSON *reply, const char *key,
+                   ccm_error_t *err)
+{
+    int rc = stmt ? sqlite3_step (stmt) : SQLITE_ERROR;
+    if (rc == SQLITE_ROW)
+        cJSON_AddItemToObject (reply, key,
+                               cJSON_CreateRaw ((const char *) sqlite3_column_text (stmt, 0)));
+    sqlite3_finalize (stmt);
+    if (rc == SQLITE_ROW)
+        return 0;
+    if (rc == SQLITE_DONE)
+        return ccm_fail (err, "not_found", key, "%s: not found", key);
+    return store_db_fail (self, err, key);
+}

@@ -19,22 +19,6 @@ static const char *const s_agent_statuses[] = {"idle",   "running", "crashed",
                                                "exited", "waiting", NULL};
 static const char *const s_worktree_statuses[] = {"active", "merged", "discarded", "stale", NULL};
 
-//  Runs a one-row JSON query and adds the row under key.
-static int
-s_row (store_t *self, sqlite3_stmt *stmt, cJSON *reply, const char *key, ccm_error_t *err)
-{
-    int rc = stmt ? sqlite3_step (stmt) : SQLITE_ERROR;
-    if (rc == SQLITE_ROW)
-        cJSON_AddItemToObject (reply, key,
-                               cJSON_CreateRaw ((const char *) sqlite3_column_text (stmt, 0)));
-    sqlite3_finalize (stmt);
-    if (rc == SQLITE_ROW)
-        return 0;
-    if (rc == SQLITE_DONE)
-        return ccm_fail (err, "not_found", key, "%s: not found", key);
-    return store_db_fail (self, err, key);
-}
-
 static char *
 s_print (cJSON *item, const char *fallback)
 {
@@ -123,7 +107,7 @@ store_system_register (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *er
                   " 'status', status, 'last_seen', last_seen) FROM systems WHERE machine_id = ?");
     if (stmt)
         sqlite3_bind_text (stmt, 1, machine_id, -1, SQLITE_STATIC);
-    return s_row (self, stmt, reply, "system", err);
+    return store_db_row_json (self, stmt, reply, "system", err);
 }
 
 int
@@ -185,7 +169,7 @@ store_context_upsert (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err
         sqlite3_bind_text (stmt, 1, system_id, -1, SQLITE_STATIC);
         sqlite3_bind_text (stmt, 2, name, -1, SQLITE_STATIC);
     }
-    return s_row (self, stmt, reply, "context", err);
+    return store_db_row_json (self, stmt, reply, "context", err);
 }
 
 int
@@ -277,7 +261,7 @@ store_agent_upsert (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
                              " FROM agents WHERE id = ?");
     if (stmt)
         sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
-    return s_row (self, stmt, reply, "agent", err);
+    return store_db_row_json (self, stmt, reply, "agent", err);
 }
 
 #define S_WORKTREE_JSON                                                                            \
@@ -333,7 +317,7 @@ store_worktree_upsert (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *er
     stmt = store_db_prepare (self->db, "SELECT " S_WORKTREE_JSON " WHERE w.task_id = ?");
     if (stmt)
         sqlite3_bind_text (stmt, 1, task_id, -1, SQLITE_STATIC);
-    return s_row (self, stmt, reply, "worktree", err);
+    return store_db_row_json (self, stmt, reply, "worktree", err);
 }
 
 int

@@ -129,6 +129,12 @@ store_handler_fn store_sync_pending, store_sync_mark, store_sync_apply, store_sy
 //  Publishes every event committed since the last call on the PUB socket.
 void store_events_publish (store_t *self);
 
+//  Steps stmt (finalized here; NULL counts as a failed prepare), a query of
+//  one JSON row, and adds that row under key. Returns 0, or -1 with err:
+//  not_found (no row) or the database's error.
+int store_db_row_json (store_t *self, sqlite3_stmt *stmt, cJSON *reply, const char *key,
+                       ccm_error_t *err);
+
 //  Adds the JSON text of each row of stmt's first column to array as raw items;
 //  returns the number of rows, or -1 on a database error.
 int store_db_collect_json (sqlite3_stmt *stmt, cJSON *array);

@@ -27,25 +27,12 @@ static const char *const s_scopes[] = {"task", "project", "system", NULL};
     " 'recommendations', json(r.recommendations), 'alert_level', r.alert_level,"                   \
     " 'created_at', r.created_at) FROM supervisory_reports r"
 
-//  Adds the first column of stmt's one row under key, as JSON.
-static int
-s_one (store_t *self, sqlite3_stmt *stmt, cJSON *reply, const char *key, const char *what,
-       ccm_error_t *err)
-{
-    int rc = stmt ? sqlite3_step (stmt) : SQLITE_ERROR;
-    if (rc == SQLITE_ROW)
-        cJSON_AddItemToObject (reply, key,
-                               cJSON_CreateRaw ((const char *) sqlite3_column_text (stmt, 0)));
-    sqlite3_finalize (stmt);
-    return rc == SQLITE_ROW ? 0 : store_db_fail (self, err, what);
-}
-
 int
 store_sync_state (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
 {
     (void) body;
-    return s_one (self, store_db_prepare (self->db, S_SYNC_STATE_JSON), reply, "sync", "sync.state",
-                  err);
+    return store_db_row_json (self, store_db_prepare (self->db, S_SYNC_STATE_JSON), reply, "sync",
+                              err);
 }
 
 int
@@ -68,8 +55,8 @@ store_sync_set_state (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err
     sqlite3_finalize (stmt);
     if (rc != SQLITE_DONE)
         return store_db_fail (self, err, "sync.set_state");
-    return s_one (self, store_db_prepare (self->db, S_SYNC_STATE_JSON), reply, "sync",
-                  "sync.set_state", err);
+    return store_db_row_json (self, store_db_prepare (self->db, S_SYNC_STATE_JSON), reply, "sync",
+                              err);
 }
 
 //  Checks that every item of array (may be NULL) is a string of at most
@@ -138,7 +125,7 @@ store_report_add (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     if (rc != SQLITE_DONE)
         return store_db_fail (self, err, "report.add");
     stmt = store_db_prepare (self->db, S_REPORT_JSON " WHERE r.id = last_insert_rowid()");
-    return s_one (self, stmt, reply, "report", "report.add", err);
+    return store_db_row_json (self, stmt, reply, "report", err);
 }
 
 int
