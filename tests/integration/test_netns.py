@@ -32,7 +32,22 @@ def sh(*args, check=True):
     return done
 
 
-@unittest.skipUnless(os.geteuid() == 0 and shutil.which("ip"), "needs root and iproute2")
+def netns_unavailable():
+    """Why network namespaces cannot be made here, or None if they can."""
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        return "needs root and iproute2"
+    probe = f"ccm-probe-{uuid.uuid4().hex[:6]}"
+    done = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if done.returncode:
+        return f"ip netns add failed here: {done.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+UNAVAILABLE = netns_unavailable()
+
+
+@unittest.skipIf(UNAVAILABLE, UNAVAILABLE)
 class TestHubAndWorkersInNamespaces(unittest.TestCase):
 
     def setUp(self):
