@@ -215,10 +215,17 @@ function renderSyncChip() {
   if (!el) return;
   const s = state.sync;
   const queue = s ? s.queue : state.stats ? state.stats.sync_pending : null;
-  const online = s ? s.online : null;
-  el.className = `chip sync-${online === true ? "online" : online === false ? "offline" : "unknown"}`;
-  el.textContent = `sync ${online === true ? "online" : online === false ? "offline" : "—"}`
-    + (queue !== null && queue !== undefined ? ` · ${queue} queued` : "");
+  const word = syncWord(s);
+  el.className = `chip sync-${word === "local only" ? "unknown" : word}`;
+  el.textContent = `sync ${word === "unknown" ? "—" : word}`
+    + (word !== "local only" && queue !== null && queue !== undefined ? ` · ${queue} queued` : "");
+}
+
+// What the sync state means to a user: no hub configured is "local only", not offline.
+function syncWord(s) {
+  if (!s) return "unknown";
+  if (s.state === "LocalOnly") return "local only";
+  return s.online === true ? "online" : s.online === false ? "offline" : "unknown";
 }
 
 // --------------------------------------------------------------- dashboard
@@ -254,8 +261,7 @@ function dashboardView() {
           : h("p.muted", "No executor has registered yet.")),
       h("div.panel",
         h("h2", "Sync"),
-        h("p", badge(s && s.online === true ? "online" : s && s.online === false ? "offline" : "unknown",
-                     s && s.online === true ? "online" : s && s.online === false ? "offline" : "unknown"),
+        h("p", badge(syncWord(s), syncWord(s) === "local only" ? "unknown" : syncWord(s)),
           " queue depth ", h("strong#sync-queue", { text: String(s ? s.queue : "—") })),
         state.stats ? h("p.muted", `${state.stats.hook_events || 0} hook events stored`) : null)),
     h("div.panel",
