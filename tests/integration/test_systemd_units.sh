@@ -48,10 +48,11 @@ def closure(name):
     return seen
 
 roles = {
-    "ccm-hub.target": {"ccm-store.service", "ccm-router.service", "ccm-gateway.service"},
+    "ccm-hub.target": {"ccm-store.service", "ccm-router.service", "ccm-gateway.service",
+                       "ccm-sync.service"},
     "ccm-worker.target": {"ccm-executor.service", "ccm-hooks.service"},
     "ccm.target": {"ccm-store.service", "ccm-router.service", "ccm-gateway.service",
-                   "ccm-executor.service", "ccm-hooks.service"},
+                   "ccm-sync.service", "ccm-executor.service", "ccm-hooks.service"},
 }
 for target, want in roles.items():
     got = closure(target)
