@@ -55,6 +55,7 @@ static struct {
     char server_key[41];       //  the hub's public key (Z85), "" if not set
     char trusted[PATH_MAX];    //  the allowed-keys directory
     int heartbeat_ms, handshake_ms;
+    bool plain;         //  bus.curve=off: loopback tcp:// in the clear (bench/tcp only)
     zactor_t *auth;     //  zauth, started at the first tcp:// server
     zactor_t *watcher;  //  logs and counts refused handshakes
     atomic_uint_fast64_t refusals;
@@ -76,6 +77,18 @@ s_z85_key (const char *text)
                   == 40;
 }
 
+//  A tcp:// endpoint whose host is a loopback address (127.0.0.0/8, ::1,
+//  localhost): only those may go without CurveZMQ.
+static bool
+s_loopback (const char *endpoint)
+{
+    const char *host = endpoint + 6;
+    if (strncmp (host, "127.", 4) == 0 || strncmp (host, "localhost:", 10) == 0
+        || strncmp (host, "[::1]:", 6) == 0)
+        return strchr (host, ';') == NULL;  //  no "source;destination" form
+    return false;
+}
+
 int
 ccm_bus_secure (ccm_config_t *config, char **error)
 {
@@ -91,6 +104,22 @@ ccm_bus_secure (ccm_config_t *config, char **error)
               ccm_config_str (config, "bus.trusted"));
     s_curve.heartbeat_ms = (int) ccm_config_int (config, "bus.heartbeat_ms");
     s_curve.handshake_ms = (int) ccm_config_int (config, "bus.handshake_ms");
+    const char *curve = ccm_config_str (config, "bus.curve");
+    if (strcmp (curve, "on") && strcmp (curve, "off"))
+        return ccm_set_error (error, "bus.curve: must be on or off, not '%s'", curve);
+    s_curve.plain = strcmp (curve, "off") == 0;
+    //  Plain TCP exists to measure what CurveZMQ costs (bench/tcp), never
+    //  to carry ccm between machines.
+    static const char *const endpoints[] = {"store.endpoint", "store.pub_endpoint",
+                                            "router.endpoint", NULL};
+    for (const char *const *key = endpoints; s_curve.plain && *key; key++) {
+        const char *endpoint = ccm_config_str (config, *key);
+        if (s_is_tcp (endpoint) && !s_loopback (endpoint))
+            return ccm_set_error (error,
+                                  "bus.curve=off is for benchmarks on loopback only, and %s is"
+                                  " %s; tcp:// between machines always uses CurveZMQ",
+                                  *key, endpoint);
+    }
     zcert_destroy (&s_curve.cert);
     struct stat st;
     if (stat (s_curve.cert_path, &st) == 0) {
@@ -290,10 +319,25 @@ s_curve_client (zsock_t *sock, const char *endpoint)
 }
 
 //  Binds sock (made secure first on tcp://); destroys it and returns NULL on failure.
+//  bus.curve=off: tcp:// in the clear, on loopback only; -1 (logged) otherwise.
+static int
+s_plain (zsock_t *sock, const char *endpoint)
+{
+    if (!s_loopback (endpoint)) {
+        ccm_error ("%s: bus.curve=off is for loopback only; tcp:// between machines always"
+                   " uses CurveZMQ",
+                   endpoint);
+        return -1;
+    }
+    s_tcp_options (sock);
+    return 0;
+}
+
 static zsock_t *
 s_bind (zsock_t *sock, const char *endpoint)
 {
-    if (s_is_tcp (endpoint) && s_curve_server (sock, endpoint))
+    if (s_is_tcp (endpoint)
+        && (s_curve.plain ? s_plain (sock, endpoint) : s_curve_server (sock, endpoint)))
         zsock_destroy (&sock);
     else if (zsock_bind (sock, "%s", endpoint) < 0) {
         ccm_error ("cannot bind %s: %s", endpoint, zmq_strerror (zmq_errno ()));
@@ -306,7 +350,8 @@ s_bind (zsock_t *sock, const char *endpoint)
 static zsock_t *
 s_connect (zsock_t *sock, const char *endpoint)
 {
-    if (s_is_tcp (endpoint) && s_curve_client (sock, endpoint))
+    if (s_is_tcp (endpoint)
+        && (s_curve.plain ? s_plain (sock, endpoint) : s_curve_client (sock, endpoint)))
         zsock_destroy (&sock);
     else if (zsock_connect (sock, "%s", endpoint) < 0) {
         ccm_error ("cannot connect to %s: %s", endpoint, zmq_strerror (zmq_errno ()));

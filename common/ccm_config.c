@@ -55,6 +55,8 @@ static const ccm_config_key_t s_keys[] = {
      "the hub's public key for tcp:// clients: 40 Z85 characters or a public certificate file"},
     {"bus.heartbeat_ms", CCM_CFG_INT, "1000", "ZMTP heartbeat on tcp:// (timeout: 3 beats)"},
     {"bus.handshake_ms", CCM_CFG_INT, "5000", "longest CurveZMQ handshake on tcp://"},
+    {"bus.curve", CCM_CFG_STRING, "on",
+     "bench only: off sends tcp:// in the clear, and is refused for any non-loopback address"},
     {"bus.retries", CCM_CFG_INT, "3", "retries of a request (Lazy Pirate)"},
     {"up.restart_delay_ms", CCM_CFG_INT, "500", "first delay before restarting a service"},
     {"executor.machine_id", CCM_CFG_STRING, "", "this machine's id (empty: /etc/machine-id)"},

@@ -20,6 +20,52 @@ if [[ -n "$problems" ]]; then
 fi
 grep -q '^Type=notify' "$src/deploy/systemd/ccm-store.service"
 
+# The role targets pull in exactly their role's services (following Wants= and
+# Requires= through every unit): a worker must never start a store of its own.
+python3 - "$src/deploy/systemd" <<'PY'
+import os, sys
+units = sys.argv[1]
+
+def deps(name, key):
+    path = os.path.join(units, name)
+    if not os.path.exists(path):
+        return set()
+    got = set()
+    for line in open(path):
+        k, _, v = line.partition("=")
+        if k.strip() in key:
+            got.update(v.split())
+    return got
+
+def closure(name):
+    seen, todo = set(), [name]
+    while todo:
+        unit = todo.pop()
+        for dep in deps(unit, ("Wants", "Requires", "BindsTo", "Requisite")):
+            if dep.startswith("ccm") and dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+roles = {
+    "ccm-hub.target": {"ccm-store.service", "ccm-router.service", "ccm-gateway.service",
+                       "ccm-sync.service"},
+    "ccm-worker.target": {"ccm-executor.service", "ccm-hooks.service"},
+    "ccm.target": {"ccm-store.service", "ccm-router.service", "ccm-gateway.service",
+                   "ccm-sync.service", "ccm-executor.service", "ccm-hooks.service"},
+}
+for target, want in roles.items():
+    got = closure(target)
+    assert got == want, f"{target} pulls in {sorted(got)}, not {sorted(want)}"
+    if target != "ccm.target":
+        for service in want:
+            part = deps(service, ("PartOf",))
+            assert {"ccm.target", target} <= part, f"{service}: PartOf={sorted(part)}"
+            wanted = deps(service, ("WantedBy",))
+            assert target in wanted, f"{service}: WantedBy={sorted(wanted)} lacks {target}"
+print("role targets: hub and worker pull in exactly their services")
+PY
+
 # READY=1 reaches $NOTIFY_SOCKET once the store has bound its sockets.
 home="$dir/home"
 sock="$dir/notify.sock"
