@@ -606,6 +606,25 @@ s_task_retry (s_worker_t *self, cJSON *req, ccm_error_t *err)
     return reply;
 }
 
+//  The tmux window of a running task (the executor tags it @ccm_task), or "".
+static void
+s_window (gw_t *gw, const char *task_id, char *out, size_t len)
+{
+    char *panes = NULL;
+    out[0] = 0;
+    ccm_proc_run2 ((char *[]){"tmux", "-S", gw->tmux_socket, "list-panes", "-a", "-F",
+                              "#{window_id} #{@ccm_task}", NULL},
+                   NULL, &panes, NULL, 10000);
+    char *save = NULL;
+    for (char *line = panes ? strtok_r (panes, "\n", &save) : NULL; line;
+         line = strtok_r (NULL, "\n", &save)) {
+        char wid[32], tid[64];
+        if (sscanf (line, "%31s %63s", wid, tid) == 2 && strcmp (tid, task_id) == 0)
+            snprintf (out, len, "%s", wid);
+    }
+    free (panes);
+}
+
 static cJSON *
 s_agent_send (s_worker_t *self, cJSON *req, ccm_error_t *err)
 {
@@ -622,6 +641,12 @@ s_agent_send (s_worker_t *self, cJSON *req, ccm_error_t *err)
     }
     if (s_task_id (self, req, id, sizeof id, NULL, err))
         return NULL;
+    char window[32];
+    s_window (self->gw, id, window, sizeof window);
+    if (!window[0]) {
+        ccm_fail (err, "not_found", "task", "task %s has no running agent window", id);
+        return NULL;
+    }
     char wait_text[16];
     snprintf (wait_text, sizeof wait_text, "%d", (int) wait);
     cJSON *result = s_ccm (self, (char *[]){"send", "--wait", wait_text, id, (char *) text, NULL},
@@ -659,11 +684,54 @@ s_permission_answer (s_worker_t *self, cJSON *req, ccm_error_t *err)
     return reply;
 }
 
+//  The full id of req's task into id if its worktree may be merged or
+//  discarded now: the task is over (no agent works in it) and the worktree
+//  is still active. Else -1 with a typed error.
+static int
+s_worktree_task (s_worker_t *self, cJSON *req, char *id, size_t len, ccm_error_t *err)
+{
+    cJSON *task_reply = NULL;
+    if (s_task_id (self, req, id, len, &task_reply, err))
+        return -1;
+    const char *status = cJSON_GetStringValue (
+        cJSON_GetObjectItem (cJSON_GetObjectItem (task_reply, "task"), "status"));
+    char state[32];
+    snprintf (state, sizeof state, "%s", status ? status : "?");
+    cJSON_Delete (task_reply);
+    if (strcmp (state, "complete") && strcmp (state, "failed") && strcmp (state, "cancelled")) {
+        ccm_fail (err, "conflict", "task",
+                  "task %s is %s: its agent may still work in the worktree; wait for it to end "
+                  "or cancel it",
+                  id, state);
+        return -1;
+    }
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "task", id);
+    cJSON *reply = s_store (self, "worktree.list", body, false, err);
+    cJSON_Delete (body);
+    if (!reply)
+        return -1;
+    cJSON *row = cJSON_GetArrayItem (cJSON_GetObjectItem (reply, "worktrees"), 0);
+    const char *wt_status = cJSON_GetStringValue (cJSON_GetObjectItem (row, "status"));
+    int rc = 0;
+    if (!row) {
+        ccm_fail (err, "not_found", "task", "task %s has no worktree", id);
+        rc = -1;
+    }
+    else if (!wt_status || strcmp (wt_status, "active") != 0) {
+        ccm_fail (err, "conflict", "task", "the worktree of task %s is %s already", id,
+                  wt_status ? wt_status : "gone");
+        rc = -1;
+    }
+    cJSON_Delete (reply);
+    return rc;
+}
+
 static cJSON *
 s_worktree_merge (s_worker_t *self, cJSON *req, ccm_error_t *err)
 {
     char id[64];
-    if (s_task_id (self, req, id, sizeof id, NULL, err))
+    if (s_worktree_task (self, req, id, sizeof id, err))
         return NULL;
     return s_ccm (self, (char *[]){"worktree", "merge", id, NULL}, 120000, err);
 }
@@ -674,29 +742,10 @@ s_worktree_discard (s_worker_t *self, cJSON *req, ccm_error_t *err)
     bool force = false;
     char id[64];
     if (ccm_get_bool (req, "force", false, &force, err)
-        || s_task_id (self, req, id, sizeof id, NULL, err))
+        || s_worktree_task (self, req, id, sizeof id, err))
         return NULL;
     return s_ccm (self, (char *[]){"worktree", "discard", id, force ? "--force" : NULL, NULL},
                   120000, err);
-}
-
-//  The tmux window of a running task (the executor tags it @ccm_task), or "".
-static void
-s_window (gw_t *gw, const char *task_id, char *out, size_t len)
-{
-    char *panes = NULL;
-    out[0] = 0;
-    ccm_proc_run2 ((char *[]){"tmux", "-S", gw->tmux_socket, "list-panes", "-a", "-F",
-                              "#{window_id} #{@ccm_task}", NULL},
-                   NULL, &panes, NULL, 10000);
-    char *save = NULL;
-    for (char *line = panes ? strtok_r (panes, "\n", &save) : NULL; line;
-         line = strtok_r (NULL, "\n", &save)) {
-        char wid[32], tid[64];
-        if (sscanf (line, "%31s %63s", wid, tid) == 2 && strcmp (tid, task_id) == 0)
-            snprintf (out, len, "%s", wid);
-    }
-    free (panes);
 }
 
 static cJSON *
