@@ -151,7 +151,9 @@ struct _gw_t {
     pthread_mutex_t job_lock;
     pthread_cond_t job_cond;
     gw_job_t *job_head, *job_tail;
-    int nworkers;
+    int nworkers;         //  at most (gateway.workers)
+    int workers_idle;     //  waiting for a job (job_lock)
+    int64_t jobs_queued;  //  jobs not taken yet (job_lock)
     pthread_t *workers;
 
     pthread_t feed;
@@ -161,7 +163,7 @@ struct _gw_t {
     zhashx_t *term_watch;  //  task id -> window id: what gw_term captures
     zhashx_t *term_fresh;  //  tasks whose screen is sent even if unchanged (a new viewer)
     bool feed_started, term_started;
-    int workers_started;
+    int workers_started;  //  job_lock
 };
 
 //  Posts mail to the main thread (takes it) and wakes it.
@@ -172,7 +174,8 @@ gw_mail_t *gw_mail_take (gw_t *self);
 void gw_job_post (gw_t *self, gw_job_t *job);
 void gw_job_destroy (gw_job_t **self_p);
 
-//  Starts and stops the threads.
+//  Start the threads: the feed, the first worker (the others start as
+//  requests wait), the terminal (on the first terminal.open).
 int gw_feed_start (gw_t *self);
 int gw_work_start (gw_t *self);
 int gw_term_start (gw_t *self);

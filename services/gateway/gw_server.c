@@ -24,6 +24,7 @@
 #include <limits.h>
 #include <stdarg.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -523,8 +524,18 @@ s_message (s_conn_t *conn, const char *data, size_t len)
         s_send (conn, gw_reply_ok (id, NULL), NULL, false);
         cJSON_Delete (request);
     }
-    else if (strcmp (cmd, "terminal.open") == 0)
-        s_job (conn, GW_JOB_TERMINAL, request);
+    else if (strcmp (cmd, "terminal.open") == 0) {
+        //  The capturing thread starts with the first view: an idle gateway has none.
+        if (!s_srv.gw.term_started && gw_term_start (&s_srv.gw)) {
+            ccm_error ("cannot start the terminal thread: %s", strerror (errno));
+            s_send (conn,
+                    gw_reply_error (id, "internal", NULL, "the terminal view cannot start here"),
+                    NULL, false);
+            cJSON_Delete (request);
+        }
+        else
+            s_job (conn, GW_JOB_TERMINAL, request);
+    }
     else if (strcmp (cmd, "terminal.close") == 0 || strcmp (cmd, "terminal.input") == 0) {
         //  Both name the task as terminal.open resolved it, or a prefix of it.
         const char *task = cJSON_GetStringValue (cJSON_GetObjectItem (request, "task"));
@@ -1282,6 +1293,25 @@ s_write_url (ccm_config_t *config)
     return fclose (file) || rename (tmp, path) ? -1 : 0;
 }
 
+//  Lowers this process's open-file limit to gateway.max_fds: lws sizes two
+//  tables by that limit (16 bytes a descriptor, filled at start), and a
+//  limit of 20,000, or systemd's 524,288, would cost 0.3 to 8 MB for
+//  descriptors the gateway never opens.
+static void
+s_fd_limit (ccm_config_t *config)
+{
+    struct rlimit limit;
+    rlim_t most = (rlim_t) ccm_config_int (config, "gateway.max_fds");
+    if (getrlimit (RLIMIT_NOFILE, &limit) != 0)
+        ccm_warn ("getrlimit: %s", strerror (errno));
+    else if (limit.rlim_cur == RLIM_INFINITY || limit.rlim_cur > most) {
+        limit.rlim_cur = most;
+        if (setrlimit (RLIMIT_NOFILE, &limit) != 0)
+            ccm_warn ("cannot lower the open-file limit to %llu: %s", (unsigned long long) most,
+                      strerror (errno));
+    }
+}
+
 int
 gateway_main (ccm_config_t *config)
 {
@@ -1295,11 +1325,13 @@ gateway_main (ccm_config_t *config)
     s_srv.queue_max = ccm_config_int (config, "gateway.queue_max");
     s_srv.sndbuf = (int) ccm_config_int (config, "gateway.sndbuf");
     int64_t ring = ccm_config_int (config, "gateway.ring");
+    int64_t max_fds = ccm_config_int (config, "gateway.max_fds");
     if (s_srv.port < 0 || s_srv.port > 65535 || s_srv.max_frame < 1024 || s_srv.rate < 1
-        || s_srv.queue_max < 16 || ring < 2 * s_srv.queue_max) {
+        || s_srv.queue_max < 16 || ring < 2 * s_srv.queue_max || max_fds < 64
+        || max_fds > 1048576) {
         ccm_error ("refusing to start: gateway.port must be 0-65535, gateway.max_frame >= 1024, "
-                   "gateway.rate >= 1, gateway.queue_max >= 16 and gateway.ring >= 2 x "
-                   "gateway.queue_max");
+                   "gateway.rate >= 1, gateway.queue_max >= 16, gateway.ring >= 2 x "
+                   "gateway.queue_max and gateway.max_fds 64-1048576");
         return 2;
     }
     s_srv.auth = gw_auth_new (config, s_srv.bind, s_srv.port);
@@ -1349,6 +1381,7 @@ gateway_main (ccm_config_t *config)
     s_srv.ring = calloc ((size_t) s_srv.cap, sizeof (gw_event_t *));
     s_srv.head = -1;
     s_srv.watchdog_ms = ccm_notify_watchdog_ms ();
+    s_fd_limit (config);
 
     lws_set_log_level (LLL_ERR | LLL_WARN, s_lws_log);
     struct lws_context_creation_info info;
@@ -1375,7 +1408,7 @@ gateway_main (ccm_config_t *config)
         gw_auth_set_port (s_srv.auth, s_srv.port);
         if (s_write_url (config))
             ccm_warn ("cannot write run/gateway.url: %s", strerror (errno));
-        if (gw_feed_start (gw) || gw_work_start (gw) || gw_term_start (gw)) {
+        if (gw_feed_start (gw) || gw_work_start (gw)) {
             ccm_error ("cannot start the gateway's threads");
             gw->stop = true;
         }

@@ -106,7 +106,10 @@ gw_threads_join (gw_t *self)
     clock_gettime (CLOCK_REALTIME, &deadline);
     deadline.tv_sec += 5;
     int stuck = 0;
-    for (int i = 0; i < self->workers_started; i++)
+    pthread_mutex_lock (&self->job_lock);
+    int workers = self->workers_started;
+    pthread_mutex_unlock (&self->job_lock);
+    for (int i = 0; i < workers; i++)
         stuck += pthread_timedjoin_np (self->workers[i], NULL, &deadline) != 0;
     if (self->feed_started)
         stuck += pthread_timedjoin_np (self->feed, NULL, &deadline) != 0;

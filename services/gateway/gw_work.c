@@ -14,6 +14,7 @@
 #include "ccm_proc.h"
 
 #include <stdarg.h>
+#include <errno.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -82,6 +83,8 @@ gw_job_destroy (gw_job_t **self_p)
     }
 }
 
+static void *s_worker (void *arg);
+
 void
 gw_job_post (gw_t *self, gw_job_t *job)
 {
@@ -92,6 +95,17 @@ gw_job_post (gw_t *self, gw_job_t *job)
     else
         self->job_head = job;
     self->job_tail = job;
+    self->jobs_queued++;
+    //  Workers start as the load asks for them, up to gateway.workers: an
+    //  idle gateway holds one thread (and one store connection), not all.
+    if (self->jobs_queued > self->workers_idle && self->workers_started < self->nworkers
+        && !self->stop) {
+        if (pthread_create (&self->workers[self->workers_started], NULL, s_worker, self) == 0)
+            self->workers_started++;
+        else
+            ccm_warn ("cannot start worker %d: %s; %d run the requests", self->workers_started + 1,
+                      strerror (errno), self->workers_started);
+    }
     pthread_cond_signal (&self->job_cond);
     pthread_mutex_unlock (&self->job_lock);
 }
@@ -1049,13 +1063,16 @@ s_worker (void *arg)
     }
     while (true) {
         pthread_mutex_lock (&gw->job_lock);
+        gw->workers_idle++;
         while (!gw->job_head && !gw->stop)
             pthread_cond_wait (&gw->job_cond, &gw->job_lock);
+        gw->workers_idle--;
         gw_job_t *job = gw->job_head;
         if (job) {
             gw->job_head = job->next;
             if (!gw->job_head)
                 gw->job_tail = NULL;
+            gw->jobs_queued--;
         }
         pthread_mutex_unlock (&gw->job_lock);
         if (!job)
@@ -1080,10 +1097,11 @@ gw_work_start (gw_t *self)
     self->workers = calloc ((size_t) self->nworkers, sizeof (pthread_t));
     if (!self->workers)
         return -1;
-    for (int i = 0; i < self->nworkers; i++) {
-        if (pthread_create (&self->workers[i], NULL, s_worker, self))
-            return -1;
-        self->workers_started++;
-    }
-    return 0;
+    //  One now; gw_job_post starts the others when requests wait.
+    pthread_mutex_lock (&self->job_lock);
+    int rc = pthread_create (&self->workers[0], NULL, s_worker, self);
+    if (rc == 0)
+        self->workers_started = 1;
+    pthread_mutex_unlock (&self->job_lock);
+    return rc ? -1 : 0;
 }

@@ -466,6 +466,26 @@ class GatewayTest(ccmtest.CcmTestCase):
 
     # ------------------------------------------------------------ token
 
+    def test_fd_limit(self):
+        """The gateway lowers its open-file limit to gateway.max_fds (lws sizes
+        tables by it); a value out of range stops it at start, naming the key."""
+        gw = self.gateway(CCM_GATEWAY_MAX_FDS="300")
+        limits = read(f"/proc/{gw.proc.pid}/limits")
+        soft = int(re.search(r"^Max open files\s+(\d+)", limits, re.M).group(1))
+        self.assertLessEqual(soft, 300, limits)
+
+        async def scenario():
+            ws = await connect(gw)
+            reply = await request(ws, "ping")
+            self.assertTrue(reply["ok"], reply)
+            await ws.close()
+        run(scenario())
+
+        refused = Gateway(self.home, {"CCM_GATEWAY_MAX_FDS": "10"}).start(expect_ready=False)
+        self.assertEqual(refused.proc.wait(10), 2)
+        refused.log.close()
+        self.assertIn("gateway.max_fds 64-1048576", refused.log_text())
+
     def test_token_bind_and_login(self):
         """A non-loopback bind without a token is refused; `ccm gateway token`
         writes one (0600, never printed); then a wrong or missing token is
