@@ -206,4 +206,24 @@ bool gw_auth_origin_ok (gw_auth_t *self, const char *origin);
 //  True if bind names a loopback address.
 bool gw_auth_loopback (const char *bind);
 
+//  HTTP (gw_http.c): the web UI's files, /api/auth, /login, /logout, and
+//  the judgement of every WebSocket upgrade (path, subprotocol, Origin, token).
+typedef struct {
+    char *body;  //  a POST /login body being read
+    size_t len;
+    bool over;
+    bool login;
+} gw_http_t;  //  lws's per-session data of the "http" protocol
+
+//  Sets what HTTP serves and checks with (auth borrowed: it outlives the lws context).
+void gw_http_init (gw_auth_t *auth, const char *web_root);
+//  The web UI's directory into out: gateway.web_root, else ../share/ccm/web
+//  next to the binary, else the source tree's web/ ("" if none).
+void gw_http_web_root (ccm_config_t *config, char *out, size_t len);
+//  The lws callback of the "http" protocol.
+int gw_http_cb (struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                size_t len);
+//  The peer's address of wsi into out (for logs).
+void gw_http_peer (struct lws *wsi, char *out, size_t len);
+
 #endif
