@@ -188,12 +188,34 @@ s_list (cli_t *cli, int argc, char **argv)
     return 0;
 }
 
+//  A worktree is merged or discarded only once its task has ended (no agent
+//  works in it any more) and while it is still active. Says why not.
+static bool
+s_may_close (cJSON *task, cJSON *row)
+{
+    const char *status = cli_str (task, "status");
+    if (strcmp (status, "complete") && strcmp (status, "failed") && strcmp (status, "cancelled")) {
+        cli_fail ("task %s is %s: its agent may still work in the worktree; nothing done (cancel"
+                  " it first: ccm task cancel %s)",
+                  cli_str (task, "short_id"), status, cli_str (task, "short_id"));
+        return false;
+    }
+    if (strcmp (cli_str (row, "status"), "active")) {
+        cli_fail ("the worktree of task %s is %s already", cli_str (task, "short_id"),
+                  cli_str (row, "status"));
+        return false;
+    }
+    return true;
+}
+
 static int
 s_merge (cli_t *cli, const char *ref)
 {
     cJSON *task_reply = NULL, *wt_reply = NULL;
     cJSON *task = s_task (cli, ref, &task_reply);
     cJSON *row = task ? s_worktree (cli, cli_str (task, "id"), &wt_reply) : NULL;
+    if (row && !s_may_close (task, row))
+        row = NULL;
     int rc = 1;
     char *repo = row ? s_repo_of (cli_str (row, "worktree_path")) : NULL;
     if (row && !repo)
@@ -246,6 +268,8 @@ s_discard (cli_t *cli, const char *ref, bool force)
     cJSON *task_reply = NULL, *wt_reply = NULL;
     cJSON *task = s_task (cli, ref, &task_reply);
     cJSON *row = task ? s_worktree (cli, cli_str (task, "id"), &wt_reply) : NULL;
+    if (row && !s_may_close (task, row))
+        row = NULL;
     int rc = 1;
     char *repo = row ? s_repo_of (cli_str (row, "worktree_path")) : NULL;
     if (row && !repo)

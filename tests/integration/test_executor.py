@@ -629,12 +629,29 @@ class TestWorktrees(ExecutorTestCase):
         self.assertFalse(os.path.exists(self.worktree_path(merge)))
         self.assertFalse(self.branch_exists(repo, "ccm/" + merge[:8]))
         self.assertNotIn("feature.txt", git(repo, "ls-tree", "--name-only", "main").stdout.decode())
+        rc, out, err = self.home.run_cli("worktree", "merge", merge)
+        self.assertEqual(rc, 1)
+        self.assertIn(f"the worktree of task {merge[:8]} is merged already", err)
+
+        # A task still running keeps its worktree: merge and discard refuse.
+        gate = os.path.join(self.home.path, "gate")
+        live = self.add_task(f"while [ ! -e {gate} ]; do sleep 0.1; done")
+        self.wait_status(live, ("executing",))
+        for args in (("merge", live), ("discard", live, "--force")):
+            rc, out, err = self.home.run_cli("worktree", *args)
+            self.assertEqual(rc, 1, args)
+            self.assertIn(f"task {live[:8]} is executing: its agent may still work in the"
+                          " worktree; nothing done", err)
+        self.assertTrue(os.path.isdir(self.worktree_path(live)))
+        self.assertEqual(self.worktree_row(live)["status"], "active")
+        open(gate, "w").close()
+        self.wait_final(live)
 
         rc, out, err = self.home.run_cli("worktree", "list", "--json")
         self.assertEqual(rc, 0, err)
         listed = {w["task_id"]: w["status"] for w in json.loads(out)}
         self.assertEqual(listed, {keep: "discarded", clean: "discarded", merge: "merged",
-                                  include: "active"})
+                                  include: "active", live: "active"})
 
 
 class TestRestart(ExecutorTestCase):
