@@ -89,8 +89,10 @@ main (int argc, char **argv)
         free (error);
         return rc;
     }
-    //  Every command but keys talks over the bus, maybe over tcp://.
-    if (strcmp (argv[1], "keys") != 0 && ccm_bus_secure (cli.config, &error)) {
+    //  Every command but keys and config talks over the bus, maybe over
+    //  tcp://; those two must work before the keys do.
+    if (strcmp (argv[1], "keys") != 0 && strcmp (argv[1], "config") != 0
+        && ccm_bus_secure (cli.config, &error)) {
         int rc = cli_fail ("%s", error ? error : "out of memory");
         free (error);
         ccm_config_destroy (&cli.config);

@@ -320,6 +320,9 @@ class TestStartErrors(CurveTestCase):
             with open(part, "w") as f:
                 f.write("garbage\n")
         self.expect_refusal(home, env, f"bus.cert: {cert} is not a ZeroMQ certificate")
+        rc, out, err = self.cli(home, "config", env=env)
+        self.assertEqual(rc, 0, "ccm config works before the keys do: " + err)
+        self.assertIn(f"bus.cert             {cert}", out)
         os.unlink(cert + "_secret")
         self.expect_refusal(home, env, f"bus.cert: {cert} has no secret part")
         self.cli(home, "keys", "gen", "--force")
