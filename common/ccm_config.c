@@ -70,6 +70,8 @@ static const ccm_config_key_t s_keys[] = {
     {"executor.tmux_socket", CCM_CFG_STRING, "{home}/run/tmux.sock", "ccm's own tmux server"},
     {"executor.worktrees", CCM_CFG_STRING, "{home}/worktrees", "where task worktrees live"},
     {"executor.logs", CCM_CFG_STRING, "{home}/logs", "full agent output, one file per task"},
+    {"executor.outbox", CCM_CFG_STRING, "{home}/run/executor-outbox",
+     "writes the store did not answer, kept across a restart until it does"},
     {"executor.kill_grace_ms", CCM_CFG_INT, "3000", "SIGTERM to SIGKILL delay"},
     {"executor.claude_config_dir", CCM_CFG_STRING, "",
      "Claude Code config dir for trust pre-acceptance (empty: $CLAUDE_CONFIG_DIR or ~)"},

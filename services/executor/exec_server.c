@@ -22,6 +22,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -31,17 +32,85 @@
 
 #define S_RESEND_MS 2000  //  how often unanswered writes are tried again
 
-//  Keeps a write the store did not answer, to resend in order (same idem).
+//  The kept writes are also in executor.outbox, a line "VERB\tJSON" each
+//  (mode 0600), so an executor restarted while the hub is away loses none.
 static void
-s_keep (exec_t *self, const char *verb, cJSON *body)
+s_outbox_add (exec_t *self, char *item)
 {
     if (!self->outbox) {
         self->outbox = zlistx_new ();
         zlistx_set_destructor (self->outbox, (zlistx_destructor_fn *) zstr_free);
     }
+    zlistx_add_end (self->outbox, item);
+}
+
+//  Writes what is kept to executor.outbox (atomically), or removes the file
+//  when nothing is.
+static void
+s_outbox_save (exec_t *self)
+{
+    const char *path = ccm_config_str (self->config, "executor.outbox");
+    if (!self->outbox || zlistx_size (self->outbox) == 0) {
+        unlink (path);
+        return;
+    }
+    char tmp[PATH_MAX + 8];
+    snprintf (tmp, sizeof tmp, "%s", path);
+    if (strrchr (tmp, '/') && strrchr (tmp, '/') != tmp) {
+        *strrchr (tmp, '/') = 0;
+        mkdir (tmp, 0700);  //  its directory (run/), if no ipc:// socket made it
+    }
+    snprintf (tmp, sizeof tmp, "%s.tmp", path);
+    int fd = open (tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    FILE *file = fd >= 0 ? fdopen (fd, "w") : NULL;
+    bool ok = file != NULL;
+    for (char *item = file ? zlistx_first (self->outbox) : NULL; item;
+         item = zlistx_next (self->outbox)) {
+        char *newline = strchr (item, '\n');
+        ok &= fprintf (file, "%.*s\t%s\n", (int) (newline - item), item, newline + 1) > 0;
+    }
+    ok = file && ok && fflush (file) == 0 && fdatasync (fileno (file)) == 0;
+    if (file)
+        fclose (file);
+    else if (fd >= 0)
+        close (fd);
+    if (!ok || rename (tmp, path))
+        ccm_warn ("cannot save the kept writes to %s: %s", path, strerror (errno));
+}
+
+//  Reads executor.outbox, left by an executor stopped while the hub was away.
+static void
+s_outbox_load (exec_t *self)
+{
+    FILE *file = fopen (ccm_config_str (self->config, "executor.outbox"), "r");
+    if (!file)
+        return;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    while ((len = getline (&line, &cap, file)) > 0) {
+        char *tab = strchr (line, '\t');
+        if (!tab || line[len - 1] != '\n')
+            continue;  //  a line cut by a crash mid-write: its write was never acked
+        line[len - 1] = 0;
+        *tab = '\n';
+        s_outbox_add (self, strdup (line));
+    }
+    free (line);
+    fclose (file);
+    if (self->outbox)
+        ccm_info ("%zu write(s) kept while the store was away are to be sent",
+                  zlistx_size (self->outbox));
+}
+
+//  Keeps a write the store did not answer, to resend in order (same idem).
+static void
+s_keep (exec_t *self, const char *verb, cJSON *body)
+{
     char *json = cJSON_PrintUnformatted (body);
-    zlistx_add_end (self->outbox, zsys_sprintf ("%s\n%s", verb, json ? json : "{}"));
+    s_outbox_add (self, zsys_sprintf ("%s\n%s", verb, json ? json : "{}"));
     free (json);
+    s_outbox_save (self);
     if (zlistx_size (self->outbox) == 1)
         ccm_warn ("the store does not answer: %s and the writes after it are kept, and sent"
                   " again in order until it does",
@@ -72,6 +141,7 @@ s_resend (exec_t *self)
             ccm_info ("%s, kept while the store was away, is recorded", item);
         cJSON_Delete (reply);
         zlistx_delete (self->outbox, zlistx_cursor (self->outbox));
+        s_outbox_save (self);
     }
     return true;
 }
@@ -1041,7 +1111,19 @@ s_register (exec_t *self)
         if (*tag)
             cJSON_AddItemToArray (tags, cJSON_CreateString (tag));
     free (list);
-    cJSON *reply = s_call (self, "system.register", body, true);
+    //  Straight to the store, never kept: the caller tries again until it answers.
+    char key[CCM_UUID_LEN + 1];
+    ccm_uuid (key);
+    cJSON_AddStringToObject (body, "idem", key);
+    cJSON *reply = NULL;
+    int rc = ccm_client_call (self->store, "system.register", body, &reply);
+    if (rc) {
+        if (rc != CCM_ETIMEOUT)
+            ccm_warn ("system.register: %s", ccm_client_strerror (rc, reply));
+        cJSON_Delete (reply);
+        reply = NULL;
+    }
+    cJSON_Delete (body);
     const char *id = s_str (cJSON_GetObjectItemCaseSensitive (reply, "system"), "id");
     if (id)
         snprintf (self->system_id, sizeof self->system_id, "%s", id);
@@ -1281,6 +1363,10 @@ exec_main (ccm_config_t *config)
         return 0;
     }
     ccm_info ("ready: system %s (%s), capacity %d", self.system_id, self.hostname, self.capacity);
+    //  Writes kept by a previous run go first: a result recorded then must
+    //  not be taken for a lost agent by the reconciliation below.
+    s_outbox_load (&self);
+    s_resend (&self);
     s_claude_settings (&self);
     s_refresh_projects (&self);
     s_reconcile (&self);
@@ -1365,8 +1451,9 @@ exec_main (ccm_config_t *config)
     free (self.claude_settings);
     zhashx_destroy (&self.contexts);
     if (self.outbox && !s_resend (&self))
-        ccm_warn ("stopping with %zu write(s) the store never answered; they are lost",
-                  zlistx_size (self.outbox));
+        ccm_warn ("stopping with %zu write(s) the store never answered; kept in %s for the"
+                  " next start",
+                  zlistx_size (self.outbox), ccm_config_str (config, "executor.outbox"));
     zlistx_destroy (&self.outbox);
     ccm_client_destroy (&self.store);
     return 0;

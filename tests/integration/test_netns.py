@@ -164,6 +164,7 @@ class TestHubAndWorkersInNamespaces(unittest.TestCase):
                                   repos[project])
             self.assertEqual(rc, 0, err)
         workers = {}
+        self.executors = {}
         for i, name in enumerate(("w1", "w2"), 1):
             # Each machine its own clone, as on real hosts.
             projects = []
@@ -178,7 +179,7 @@ class TestHubAndWorkersInNamespaces(unittest.TestCase):
                             CCM_EXECUTOR_POLL_MS="100",
                             CCM_EXECUTOR_TMUX_SOCKET=os.path.join(home, "run", "tmux.sock"))
             ns = self.links[name][0]
-            self.run_in(ns, "ccm-executor", home, wenv)
+            self.executors[name] = (self.run_in(ns, "ccm-executor", home, wenv), wenv)
             self.run_in(ns, "ccm-hooks", home, wenv)
             workers[name] = tx.wait_for(f"{name} registered", lambda name=name: self.query(
                 "SELECT id FROM systems WHERE hostname = ? AND status = 'online'", name), 20)[0][0]
@@ -311,14 +312,29 @@ class TestHubAndWorkersInNamespaces(unittest.TestCase):
         self.ip(ns, "link", "set", link, "down")
         cut = time.monotonic()
         open(gate, "w").close()  # the agent sends its events and ends, offline
-        time.sleep(20)
+        # Its result is kept on disk; the executor restarts meanwhile, and the
+        # new one sends what the old one kept.
+        outbox = os.path.join(self.home("w1"), "run", "executor-outbox")
+        def kept():
+            if not os.path.exists(outbox):
+                return False
+            with open(outbox) as f:
+                return "task.transition\t" in f.read()
+        tx.wait_for("the result kept on disk", kept, 15)
+        self.assertEqual(os.stat(outbox).st_mode & 0o777, 0o600)
+        old, wenv = self.executors["w1"]
+        old.terminate()
+        self.assertEqual(old.wait(15), 0)
+        self.run_in(ns, "ccm-executor", self.home("w1"), wenv)
+        time.sleep(max(0.0, 20 - (time.monotonic() - cut)))
         self.assertEqual(self.query("SELECT status FROM tasks WHERE id = ?", task),
                          [("executing",)], "nothing reached the hub during the partition")
         self.assertEqual(self.query("SELECT count(*) FROM hook_events WHERE task_id = ?", task),
                          [(0,)])
         self.ip(ns, "link", "set", link, "up")
         tx.wait_for("the result after the link came back", lambda: self.query(
-            "SELECT 1 FROM tasks WHERE id = ? AND status = 'complete'", task), 60)
+            "SELECT 1 FROM tasks WHERE id = ? AND status = 'complete'", task), 60,
+            diagnose=lambda: self.diagnose(task))
         tx.wait_for("every hook event", lambda: self.query(
             "SELECT count(*) FROM hook_events WHERE task_id = ?", task)[0][0] >= 5, 60)
         time.sleep(2)  # and nothing more arrives
@@ -333,6 +349,8 @@ class TestHubAndWorkersInNamespaces(unittest.TestCase):
         self.assertIn("the store does not answer: task.transition", log,
                       "the result was held back while the hub was away")
         self.assertIn("task.transition, kept while the store was away, is recorded", log)
+        self.assertIn("kept in", log)
+        self.assertFalse(os.path.exists(outbox), "nothing left to send")
 
     def test_a_lost_worker_is_fenced_and_its_task_runs_elsewhere_once(self):
         # Liveness 6 beats of 500 ms: the router gives w1 up after 3 s; w1,
