@@ -24,9 +24,6 @@ int cli_usage (const char *format, ...) __attribute__ ((format (printf, 1, 2)));
 //  success *reply_p holds the reply (caller owns). body is borrowed.
 int cli_call (cli_t *cli, const char *verb, cJSON *body, cJSON **reply_p);
 
-//  Adds a fresh idempotency key to body.
-void cli_add_idem (cJSON *body);
-
 //  Prints item as indented JSON on stdout.
 void cli_print_json (cJSON *item);
 

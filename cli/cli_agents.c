@@ -118,7 +118,7 @@ s_set_status (cli_t *cli, cJSON *row, const char *status, bool removed)
             cJSON_AddStringToObject (body, keys[i], cli_str (row, keys[i]));
     cJSON_AddStringToObject (body, "status", status);
     cJSON_AddBoolToObject (body, "removed", removed);
-    cli_add_idem (body);
+    ccm_client_add_idem (body);
     cJSON *reply;
     int rc = cli_call (cli, "worktree.upsert", body, &reply);
     cJSON_Delete (body);
@@ -605,7 +605,7 @@ s_record_delivery (cli_t *cli, const char *task_id, const char *window, const ch
         cJSON_AddStringToObject (data, "text", text);
     else
         cJSON_AddBoolToObject (data, "text_omitted", true);
-    cli_add_idem (body);
+    ccm_client_add_idem (body);
     cJSON *recorded = NULL;
     int rc = cli_call (cli, "task.progress", body, &recorded);
     cJSON_Delete (body);

@@ -48,7 +48,7 @@ s_project_add (cli_t *cli, int argc, char **argv)
     cJSON_AddStringToObject (body, "path", absolute);
     if (repo_url)
         cJSON_AddStringToObject (body, "repo_url", repo_url);
-    cli_add_idem (body);
+    ccm_client_add_idem (body);
     cJSON *reply;
     int rc = cli_call (cli, "project.add", body, &reply);
     cJSON_Delete (body);
@@ -318,7 +318,7 @@ s_task_add (cli_t *cli, int argc, char **argv)
         prompt = NULL;
     cJSON_AddStringToObject (body, "prompt", prompt);
     free (prompt);
-    cli_add_idem (body);
+    ccm_client_add_idem (body);
     cJSON *reply;
     int rc = cli_call (cli, "task.add", body, &reply);
     cJSON_Delete (body);
@@ -484,7 +484,7 @@ s_task_cancel (cli_t *cli, int argc, char **argv)
     cJSON *body = cJSON_CreateObject ();
     cJSON_AddStringToObject (body, "task", argv[0]);
     cJSON_AddStringToObject (body, "reason", "cancelled from the CLI");
-    cli_add_idem (body);
+    ccm_client_add_idem (body);
     cJSON *reply;
     int rc = cli_call (cli, "task.cancel", body, &reply);
     cJSON_Delete (body);

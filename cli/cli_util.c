@@ -66,14 +66,6 @@ cli_call (cli_t *cli, const char *verb, cJSON *body, cJSON **reply_p)
 }
 
 void
-cli_add_idem (cJSON *body)
-{
-    char key[CCM_UUID_LEN + 1];
-    ccm_uuid (key);
-    cJSON_AddStringToObject (body, "idem", key);
-}
-
-void
 cli_print_json (cJSON *item)
 {
     char *text = cJSON_Print (item);

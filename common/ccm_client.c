@@ -3,6 +3,7 @@
 #include "ccm_client.h"
 
 #include "ccm_bus.h"
+#include "ccm_id.h"
 #include "ccm_msg.h"
 
 #include <stdio.h>
@@ -138,4 +139,12 @@ ccm_client_strerror (int rc, cJSON *reply)
     if (rc == CCM_EPROTO)
         return "malformed reply from the store";
     return rc == 0 ? "ok" : "request failed";
+}
+
+void
+ccm_client_add_idem (cJSON *body)
+{
+    char idem[CCM_UUID_LEN + 1];
+    ccm_uuid (idem);
+    cJSON_AddStringToObject (body, "idem", idem);
 }

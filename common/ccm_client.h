@@ -25,6 +25,10 @@ void ccm_client_destroy (ccm_client_t **self_p);
 //  holding the error body, or CCM_ETIMEOUT / CCM_EPROTO with *reply_p NULL.
 int ccm_client_call (ccm_client_t *self, const char *verb, cJSON *body, cJSON **reply_p);
 
+//  Adds a fresh idempotency key ("idem") to the body of a write: a resend of
+//  that same body (a retry after a timeout) is then never applied twice.
+void ccm_client_add_idem (cJSON *body);
+
 //  Returns the error message inside an error reply body (borrowed), or a
 //  description of rc when there is no reply.
 const char *ccm_client_strerror (int rc, cJSON *reply);

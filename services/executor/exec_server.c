@@ -154,9 +154,7 @@ static cJSON *
 s_call (exec_t *self, const char *verb, cJSON *body, bool write)
 {
     if (write) {
-        char key[CCM_UUID_LEN + 1];
-        ccm_uuid (key);
-        cJSON_AddStringToObject (body, "idem", key);
+        ccm_client_add_idem (body);
         //  Behind others, or while the hub is out of reach: no call that
         //  would hold the loop for every retry.
         if ((self->outbox && zlistx_size (self->outbox)) || self->hub_quiet) {
@@ -1112,9 +1110,7 @@ s_register (exec_t *self)
             cJSON_AddItemToArray (tags, cJSON_CreateString (tag));
     free (list);
     //  Straight to the store, never kept: the caller tries again until it answers.
-    char key[CCM_UUID_LEN + 1];
-    ccm_uuid (key);
-    cJSON_AddStringToObject (body, "idem", key);
+    ccm_client_add_idem (body);
     cJSON *reply = NULL;
     int rc = ccm_client_call (self->store, "system.register", body, &reply);
     if (rc) {

@@ -185,20 +185,6 @@ s_send (s_conn_t *conn, char *text, const char *task, bool first)
         lws_callback_on_writable (conn->wsi);
 }
 
-static char *s_printf (const char *format, ...) __attribute__ ((format (printf, 1, 2)));
-
-static char *
-s_printf (const char *format, ...)
-{
-    va_list args;
-    va_start (args, format);
-    char *text = NULL;
-    if (vasprintf (&text, format, args) < 0)
-        text = NULL;
-    va_end (args);
-    return text;
-}
-
 static void
 s_unsubscribe (s_conn_t *conn)
 {
@@ -355,7 +341,7 @@ s_next (s_conn_t *conn)
     s_maybe_live (conn);
     if (conn->cursor >= s_srv.head && !conn->synced) {
         conn->synced = true;
-        s_send (conn, s_printf ("{\"type\":\"synced\",\"seq\":%lld}", (long long) conn->cursor),
+        s_send (conn, zsys_sprintf ("{\"type\":\"synced\",\"seq\":%lld}", (long long) conn->cursor),
                 NULL, false);
     }
     if (conn->cursor < s_srv.head)

@@ -166,11 +166,8 @@ gw_reply_error (cJSON *id, const char *code, const char *field, const char *form
 static cJSON *
 s_store (s_worker_t *self, const char *verb, cJSON *body, bool write, ccm_error_t *err)
 {
-    if (write && !cJSON_GetObjectItem (body, "idem")) {
-        char idem[CCM_UUID_LEN + 1];
-        ccm_uuid (idem);
-        cJSON_AddStringToObject (body, "idem", idem);
-    }
+    if (write && !cJSON_GetObjectItem (body, "idem"))
+        ccm_client_add_idem (body);
     cJSON *reply = NULL;
     int rc = ccm_client_call (self->store, verb, body, &reply);
     if (rc == 0) {

@@ -86,11 +86,8 @@ s_exec_destroy (s_exec_t **self_p)
 static cJSON *
 s_call_why (s_router_t *self, const char *verb, cJSON *body, bool write, char *why, size_t size)
 {
-    if (write) {
-        char idem[CCM_UUID_LEN + 1];
-        ccm_uuid (idem);
-        cJSON_AddStringToObject (body, "idem", idem);
-    }
+    if (write)
+        ccm_client_add_idem (body);
     cJSON *reply = NULL;
     int rc = ccm_client_call (self->store, verb, body, &reply);
     cJSON_Delete (body);

@@ -56,7 +56,6 @@ struct _sync_t {
     char me[128];  //  this system's id; empty until known
     sync_state_t state;
     char detail[512];
-    bool state_verb_missing;  //  the store has no sync.set_state yet
     sync_phase_t phase;
     bool push_wanted;  //  a change was committed since the last round
     bool retry_after_refresh;

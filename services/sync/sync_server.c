@@ -34,25 +34,14 @@ static const char *const s_state_names[] = {"LocalOnly", "Online", "Offline", "Q
 cJSON *
 sync_call (sync_t *self, const char *verb, cJSON *body, bool write)
 {
-    if (write) {
-        char idem[CCM_UUID_LEN + 1];
-        ccm_uuid (idem);
-        cJSON_AddStringToObject (body, "idem", idem);
-    }
+    if (write)
+        ccm_client_add_idem (body);
     cJSON *reply = NULL;
     int rc = ccm_client_call (self->store, verb, body, &reply);
     cJSON_Delete (body);
     if (rc == 0)
         return reply;
-    cJSON *error = cJSON_GetObjectItemCaseSensitive (reply, "error");
-    cJSON *code = cJSON_GetObjectItemCaseSensitive (error, "code");
-    if (!(cJSON_IsString (code) && !strcmp (code->valuestring, "unknown_verb")
-          && !strcmp (verb, "sync.set_state")))
-        ccm_warn ("%s: %s", verb, ccm_client_strerror (rc, reply));
-    else if (!self->state_verb_missing) {
-        self->state_verb_missing = true;
-        ccm_info ("this store has no sync.set_state: the state is only logged");
-    }
+    ccm_warn ("%s: %s", verb, ccm_client_strerror (rc, reply));
     cJSON_Delete (reply);
     return NULL;
 }
@@ -69,8 +58,6 @@ sync_set_state (sync_t *self, sync_state_t state, const char *detail)
     snprintf (self->detail, sizeof self->detail, "%s", detail);
     if (changed)
         ccm_info ("state %s%s%s", s_state_names[state], *detail ? ": " : "", detail);
-    if (self->state_verb_missing)
-        return;
     cJSON *body = cJSON_CreateObject ();
     cJSON_AddStringToObject (body, "state", s_state_names[state]);
     if (*detail)
