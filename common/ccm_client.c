@@ -104,6 +104,9 @@ ccm_client_call (ccm_client_t *self, const char *verb, cJSON *body, cJSON **repl
     int rc = CCM_ETIMEOUT;
     for (int attempt = 0; attempt <= self->retries; attempt++) {
         if (attempt > 0) {
+            //  A service told to stop does not wait out every retry.
+            if (zsys_interrupted)
+                break;
             //  Lazy Pirate: a fresh socket drops whatever the old one had queued.
             zsock_destroy (&self->sock);
             self->sock = ccm_bus_dealer_connect (self->endpoint);
