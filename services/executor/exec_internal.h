@@ -10,6 +10,8 @@
 #include "ccm_client.h"
 #include "ccm_config.h"
 #include "ccm_id.h"
+#include "ccm_req.h"
+#include "executor.h"
 
 #include <czmq.h>
 
@@ -28,54 +30,187 @@ typedef struct {
     bool exit_on_idle;  //  "on_idle": "exit"
 } exec_profile_t;
 
+typedef struct _exec_work_t exec_work_t;
+
 //  One agent the executor watches.
 typedef struct {
     char task_id[CCM_UUID_LEN + 1];
     char short_id[EXEC_SHORT_LEN + 1];
     char agent_id[CCM_UUID_LEN + 1];
+    int attempt;  //  the task's attempt this agent runs (fencing)
     char *project_id;
     char *project;
     char *worktree;
     char *base;       //  the base branch the worktree started from
     char *review_of;  //  a supervisory task: the task it reviews (its worktree), else NULL
     char *log_path;
+    char *lease_path;     //  its lease (ccm-agent), or NULL without a router
+    int64_t lease_until;  //  the deadline last written there (boot ms)
     char *profile;
     bool headless;
     char window[32];         //  tmux window id, e.g. "@3"
     int64_t deadline_ms;     //  0: no timeout
     int64_t term_sent_ms;    //  when SIGTERM went to the agent, 0 if not yet
-    const char *end_reason;  //  "timeout" or "cancelled" once a kill is under way
+    const char *end_reason;  //  "timeout", "cancelled" or "lease" once it is being stopped
     bool exit_on_idle;       //  its profile's "on_idle": "exit"
     bool exit_sent;          //  /exit typed once its turn was over
+    bool finishing;          //  its end is being recorded
+    uint64_t seq;            //  the order it was started in (exec_t.spawned)
     int64_t dead_seen_ms;    //  when its pane was first seen dead, its exit status unknown
 } exec_agent_t;
 
 typedef struct {
     ccm_config_t *config;  //  borrowed
-    ccm_client_t *store;
+    zloop_t *loop;
+    ccm_req_t *store;   //  asynchronous requests, on the loop
+    exec_work_t *work;  //  git and tmux, off the loop
     char system_id[CCM_UUID_LEN + 1];
     char hostname[256];
+    char *agent_bin;  //  ccm-agent, next to this binary
+    char *lease_dir;  //  run/lease: one file per agent
     exec_agent_t **agents;
     int nagents;
     int capacity;
+    zhashx_t *attempts;            //  task id -> exec_attempt_t: what this executor did with it
+    zhashx_t *after;               //  task id -> (int) an attempt waiting for an older one to stop
+    uint64_t spawned;              //  agents started so far
     cJSON *projects;               //  project.list of the store: name -> {id, path, ...}
     zhashx_t *contexts;            //  project name -> "status\tbranch" last recorded
     int64_t contexts_verified_ms;  //  when every context was last recorded
     cJSON *profiles;               //  user profiles from executor.profiles_file
     char *claude_settings;         //  Claude Code settings that run ccm-hook, or NULL
+    bool refreshing, watching, claiming;  //  such a round is under way
+    int checking;                         //  cancellation checks in flight
     //  With executor.dispatch "router": the router gives the tasks.
-    zsock_t *router;            //  DEALER to router.endpoint, or NULL (direct claim)
-    int64_t router_beat_ms;     //  heartbeat interval
-    int64_t router_heard_ms;    //  last message from the router, or last reconnect
-    int64_t router_contact_ms;  //  last message from the router (fencing)
-    int64_t fenced_ms;          //  last fencing check
-    bool hub_quiet;             //  the router silent for 2 beats: the hub is away
-    //  Writes the store did not answer (hub unreachable), resent in order
-    //  with their idempotency keys until it does: [verb][body JSON].
-    zlistx_t *outbox;
-    int64_t outbox_tried_ms;  //  last resend attempt
+    zsock_t *router;          //  DEALER to router.endpoint, or NULL (direct claim)
+    int64_t router_beat_ms;   //  heartbeat interval
+    int64_t lease_ms;         //  how long a confirmed beat keeps agents' leases
+    int64_t poll_ms;          //  the loop's tick
+    int64_t router_heard_ms;  //  last message from the router, or last reconnect
     int64_t router_sent_ms;   //  last heartbeat sent
+    uint64_t beat_seq;        //  the last heartbeat's number
+    int64_t beat_sent[16];    //  boot ms each recent beat was sent, by seq % 16
+    int64_t lease_until;      //  boot ms: the lease the router last confirmed
+    //  Writes not yet acknowledged, in order: [verb]\n[body JSON]. Kept in
+    //  executor.outbox (0600) once one is overdue, so that a restart
+    //  while the hub is away loses none; sent first at the next start.
+    zlistx_t *unacked;
+    bool outbox_saved;  //  the file holds what unacked holds
 } exec_t;
+
+//  What this executor did with a task's attempt, so that a repeated RUN
+//  (or a repeated confirmation) never starts a second agent.
+typedef struct {
+    int attempt;
+    const char *state;  //  "starting", "running", "done"
+    int64_t at_ms;
+} exec_attempt_t;
+
+//  exec_work: jobs off the loop.
+typedef void (exec_work_fn) (void *arg);
+
+//  Creates the worker of loop (borrowed). Returns NULL on failure.
+exec_work_t *exec_work_new (zloop_t *loop);
+
+//  Waits for the jobs under way (their done callbacks run), runs the
+//  queued ones here, and frees the worker.
+void exec_work_destroy (exec_work_t **self_p);
+
+//  Runs run (arg) in a thread, then done (arg) on the loop.
+void exec_work_submit (exec_work_t *self, exec_work_fn *run, exec_work_fn *done, void *arg);
+
+//  How many jobs are queued or running.
+size_t exec_work_pending (exec_work_t *self);
+
+//  exec_store: the executor's requests to the store.
+
+//  Sends a read; fn (may be NULL) gets the outcome on the loop.
+void exec_store_read (exec_t *self, const char *verb, cJSON *body, ccm_req_fn *fn, void *arg);
+
+//  Sends a write (an idem is added), journaled until acknowledged and
+//  retried until the store answers; a refusal is logged and dropped.
+//  body is taken; fn (may be NULL) gets the outcome on the loop.
+void exec_store_write (exec_t *self, const char *verb, cJSON *body, ccm_req_fn *fn, void *arg);
+
+//  Loads the writes a previous run left unacknowledged in executor.outbox,
+//  and sends them first. Tasks they move are marked done in attempts.
+void exec_store_load (exec_t *self);
+
+//  Saves the unacknowledged writes if one is overdue (a timer's work).
+void exec_store_check (exec_t *self);
+
+//  At shutdown: sends what it can within 2 s, keeps the rest in
+//  executor.outbox, and closes the requester.
+void exec_store_close (exec_t *self);
+
+//  Moves a task as its holder at attempt; result (taken) may be NULL.
+void exec_store_move (exec_t *self, const char *task_id, int attempt, const char *to,
+                      const char *reason, cJSON *result);
+
+//  exec_agents: starting, watching and finishing agents.
+
+//  Starts attempt of task_id unless this executor already started it, runs
+//  it, or ran it (a RUN repeated, or a confirmation of one it never got).
+void exec_agents_run (exec_t *self, const char *task_id, int attempt);
+
+//  Reads every pane (off the loop) and finishes the agents whose pane died,
+//  enforces timeouts, cancellations and leases.
+void exec_agents_watch (exec_t *self);
+
+//  Asks the store whether the agents' tasks were cancelled meanwhile.
+void exec_agents_check_cancelled (exec_t *self);
+
+//  An agents.updated event: types /exit into an agent whose turn is over.
+void exec_agents_changed (exec_t *self, const char *json, size_t size);
+
+//  After a restart: adopts live windows, records ended ones, starts the
+//  never started (synchronous, before the loop: client is the start-up
+//  client).
+void exec_agents_reconcile (exec_t *self, ccm_client_t *client);
+
+//  The agent watching task_id, or NULL.
+exec_agent_t *exec_agents_of (exec_t *self, const char *task_id);
+
+//  Forgets attempts long done that the router no longer names.
+void exec_agents_forget (exec_t *self);
+
+void exec_agent_destroy (exec_agent_t **agent_p);
+
+//  exec_dispatch: the router.
+
+//  Connects (again) to router.endpoint.
+void exec_dispatch_connect (exec_t *self);
+
+//  Beats when due, reconnects to a silent router, ends agents whose lease
+//  ran out (a timer's work).
+void exec_dispatch_tick (exec_t *self);
+
+//  Handles what the router sent (the loop's reader of self->router).
+int exec_dispatch_readable (zloop_t *loop, zsock_t *reader, void *arg);
+
+//  Writes a lease file (path) with deadline (boot ms). Returns 0 or -1.
+int exec_lease_write (const char *path, int64_t deadline);
+
+//  The deadline in a lease file, or 0 if it cannot be read.
+int64_t exec_lease_read (const char *path);
+
+//  Milliseconds of CLOCK_BOOTTIME (the leases' clock).
+int64_t exec_boot_ms (void);
+
+//  exec_claude: Claude Code's start-up and its headless result.
+
+//  Writes the settings file that runs ccm-hook at every hook event.
+void exec_claude_settings (exec_t *self);
+
+//  Where Claude Code keeps .claude.json for profile (out: len bytes).
+void exec_claude_dir (exec_t *self, exec_profile_t *profile, char *out, size_t len);
+
+//  Whether program is Claude Code.
+bool exec_is_claude (const char *program);
+
+//  For headless Claude Code: the result object in the log, found by its
+//  "type" whatever the order of keys, as details (caller owns), or NULL.
+cJSON *exec_claude_result (const char *path);
 
 //  exec_profile: built-in profiles and the user's.
 
@@ -121,15 +256,16 @@ cJSON *exec_git_changed (const char *worktree, const char *base);
 
 //  exec_review: supervisory tasks.
 
-//  The worktree of the task reviewed, if still active and on this machine:
-//  fills *path and *base (caller frees). Returns 0, or -1 with *error set.
-int exec_review_worktree (exec_t *self, const char *reviewed, char **path, char **base,
-                          char **error);
+//  The worktree of the task reviewed (worktree: its worktree.list row,
+//  or NULL), if still active and on this machine: fills *path and *base
+//  (caller frees). Returns 0, or -1 with *error set.
+int exec_review_worktree (exec_t *self, const char *reviewed, cJSON *worktree, char **path,
+                          char **base, char **error);
 
-//  Records the report of the review agent (its $CCM_REPORT_FILE, else the
-//  last JSON object with a quality_score in output) with the store.
-//  Returns 0, or -1 with *error saying what is wrong (caller frees).
-int exec_review_record (exec_t *self, exec_agent_t *agent, const char *output, char **error);
+//  The report.add body (caller owns) for the review agent's report: its
+//  $CCM_REPORT_FILE, else the last JSON object with a quality_score in
+//  output. NULL with *error saying what is wrong (caller frees).
+cJSON *exec_review_report (exec_agent_t *agent, const char *output, char **error);
 
 //  exec_tmux: the tmux server.
 

@@ -17,22 +17,14 @@
 #define S_REPORT_MAX (256 * 1024)  //  largest report file read
 
 int
-exec_review_worktree (exec_t *self, const char *reviewed, char **path, char **base, char **error)
+exec_review_worktree (exec_t *self, const char *reviewed, cJSON *worktree, char **path, char **base,
+                      char **error)
 {
-    cJSON *body = cJSON_CreateObject (), *reply = NULL;
-    cJSON_AddStringToObject (body, "task", reviewed);
-    int rc = ccm_client_call (self->store, "worktree.list", body, &reply);
-    cJSON_Delete (body);
-    cJSON *worktree =
-        rc ? NULL : cJSON_GetArrayItem (cJSON_GetObjectItemCaseSensitive (reply, "worktrees"), 0);
     const char *where = cJSON_GetStringValue (cJSON_GetObjectItem (worktree, "worktree_path"));
     const char *status = cJSON_GetStringValue (cJSON_GetObjectItem (worktree, "status"));
     const char *from = cJSON_GetStringValue (cJSON_GetObjectItem (worktree, "base_branch"));
     struct stat st;
-    if (rc)
-        ccm_set_error (error, "cannot read the worktree of task %.8s: %s", reviewed,
-                       ccm_client_strerror (rc, reply));
-    else if (!where)
+    if (!where)
         ccm_set_error (error, "task %.8s has no worktree to review", reviewed);
     else if (!status || strcmp (status, "active") != 0)
         ccm_set_error (error, "the worktree of task %.8s was %s; nothing left to review", reviewed,
@@ -44,7 +36,6 @@ exec_review_worktree (exec_t *self, const char *reviewed, char **path, char **ba
         *path = strdup (where);
         *base = strdup (from ? from : "HEAD");
     }
-    cJSON_Delete (reply);
     return *path ? 0 : -1;
 }
 
@@ -101,12 +92,12 @@ s_read_report (exec_agent_t *agent, const char *output, char **error)
     return report;
 }
 
-int
-exec_review_record (exec_t *self, exec_agent_t *agent, const char *output, char **error)
+cJSON *
+exec_review_report (exec_agent_t *agent, const char *output, char **error)
 {
     cJSON *report = s_read_report (agent, output, error);
     if (!report)
-        return -1;
+        return NULL;
     cJSON *body = cJSON_CreateObject ();
     const char *keys[] = {"quality_score", "issues", "recommendations", "alert_level"};
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
@@ -120,13 +111,5 @@ exec_review_record (exec_t *self, exec_agent_t *agent, const char *output, char 
     char key[CCM_UUID_LEN + 8];
     snprintf (key, sizeof key, "report-%s", agent->agent_id);
     cJSON_AddStringToObject (body, "idem", key);
-    cJSON *reply = NULL;
-    int rc = ccm_client_call (self->store, "report.add", body, &reply);
-    cJSON_Delete (body);
-    if (rc)
-        ccm_set_error (error, "%s", ccm_client_strerror (rc, reply));
-    else
-        ccm_info ("task %s: review of task %.8s recorded", agent->short_id, agent->review_of);
-    cJSON_Delete (reply);
-    return rc ? -1 : 0;
+    return body;
 }

@@ -85,7 +85,8 @@ exec_tmux_spawn (exec_t *self, exec_agent_t *agent, char **argv, char **error)
         return -1;
     }
     free (quoted);
-    char env_task[64], env_agent[64], env_system[64], env_home[4200];
+    char env_task[64], env_agent[64], env_system[64], env_home[4200], env_attempt[32];
+    snprintf (env_attempt, sizeof env_attempt, "CCM_ATTEMPT=%d", agent->attempt);
     snprintf (env_task, sizeof env_task, "CCM_TASK_ID=%s", agent->task_id);
     snprintf (env_agent, sizeof env_agent, "CCM_AGENT_ID=%s", agent->agent_id);
     snprintf (env_system, sizeof env_system, "CCM_SYSTEM_ID=%s", self->system_id);
@@ -164,13 +165,13 @@ exec_tmux_spawn (exec_t *self, exec_agent_t *agent, char **argv, char **error)
         args[n++] = env_report;
         args[n++] = env_review;
     }
-    //  sh only waits for the agent and writes its status: the agent's argv
-    //  reaches it as "$@", word for word, never read by the shell.
-    args[n++] = env_exit ? env_exit : "CCM_EXIT_FILE=/dev/null";
-    args[n++] = "sh";
-    args[n++] = "-c";
-    args[n++] = "\"$@\"; s=$?; echo \"$s\" > \"$CCM_EXIT_FILE\"; exit \"$s\"";
-    args[n++] = "ccm-agent";
+    //  ccm-agent waits for the agent, writes its status and enforces its
+    //  lease; the agent's argv reaches it word for word, never a shell.
+    args[n++] = env_attempt;
+    args[n++] = self->agent_bin;
+    args[n++] = env_exit ? strchr (env_exit, '=') + 1 : "/dev/null";
+    args[n++] = agent->lease_path ? agent->lease_path : "-";
+    args[n++] = "--";
     //  The window carries its task and agent ids, so that a restarted
     //  executor finds both again.
     const char *tail[] = {";",

@@ -1,9 +1,9 @@
 /*  ccm-executor: runs each task's agent in tmux, in its own git worktree.  */
 
-#include "ccm_notify.h"
 #include "ccm_service.h"
+#include "executor.h"
 
-int exec_main (ccm_config_t *config);
+#include <czmq.h>
 
 int
 main (int argc, char **argv)
@@ -13,8 +13,9 @@ main (int argc, char **argv)
         "ccm-executor", "Runs each task's agent in tmux, in its own git worktree", argc, argv, &rc);
     if (!config)
         return rc;
-    ccm_notify ("READY=1");
-    rc = exec_main (config);
+    exec_server_t *executor = exec_new (config);
+    rc = executor ? exec_run (executor) : zsys_interrupted ? 0 : 1;
+    exec_destroy (&executor);
     ccm_config_destroy (&config);
     return rc;
 }

@@ -1,6 +1,5 @@
 /*  ccm-router: the context router and scheduler (see router_server.c).    */
 
-#include "ccm_notify.h"
 #include "ccm_service.h"
 #include "router.h"
 
@@ -12,8 +11,9 @@ main (int argc, char **argv)
         "ccm-router", "The router of ccm: places queued tasks on executors", argc, argv, &rc);
     if (!config)
         return rc;
-    ccm_notify ("READY=1");
-    rc = router_main (config);
+    router_t *router = router_new (config);
+    rc = router ? router_run (router) : 1;
+    router_destroy (&router);
     ccm_config_destroy (&config);
     return rc;
 }

@@ -8,7 +8,17 @@
 
 #include <czmq.h>
 
-//  Runs the router until interrupted. Returns 0, or 1 if it cannot start.
-int router_main (ccm_config_t *config);
+typedef struct _router_t router_t;
+
+//  Binds the dispatch socket and connects to the store. Returns NULL if it
+//  cannot start (logged). config is borrowed.
+router_t *router_new (ccm_config_t *config);
+
+//  Reads the executors and running tasks from the store, says READY=1 to
+//  systemd, and turns the loop until a signal. Returns 0.
+int router_run (router_t *self);
+
+//  Frees the router and sets *self_p to NULL.
+void router_destroy (router_t **self_p);
 
 #endif

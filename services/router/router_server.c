@@ -2,19 +2,26 @@
     executors; the choice itself is route.c's.
 
     - Executors connect a DEALER to the dispatch ROUTER and send HEARTBEAT
-      {system_id, running: [task ids]} every router.heartbeat_ms; the first
-      one registers them. The router answers each with a HEARTBEAT, so an
-      executor can tell a dead router from a quiet one (Paranoid Pirate).
-      An executor silent for router.liveness beats is offline: the store
-      puts its tasks back in the queue (system.status).
+      {system_id, seq, running} every router.heartbeat_ms; the first one
+      registers them. The router answers each at once with HEARTBEAT {seq,
+      held: [{task_id, attempt}]}: the attempts it counts as that
+      executor's. That answer is the executor's lease on them (see
+      services/executor/exec_dispatch.c): an executor heard from by no
+      message for router.liveness beats is given up, its attempts are
+      dropped from every later answer at once, and the store puts its
+      tasks back in the queue (system.status). Every message of an
+      executor counts as a sign of life, not only its beats.
     - What an executor is (tags, capacity) and holds (contexts) comes from
       the store, where executors record it; the store's events say when it
       changes.
     - Each pass reads the queued tasks the store holds, asks route.c where
       each goes, moves a placed task to assigned with the executor's lock
       (the store refuses it if another got there first, or a dependency is
-      not complete) and sends RUN {task_id}; a task that cannot go anywhere
-      gets its reason (task.reason), shown by ccm task show.              */
+      not complete) and sends RUN {task_id, attempt}; a task that cannot go
+      anywhere gets its reason (task.reason), shown by ccm task show.
+    - Nothing on the loop waits for the store: every request is
+      asynchronous (ccm_req), so executors' beats are answered on time even
+      while the store is slow or paused.                                  */
 
 #include "router.h"
 #include "route.h"
@@ -25,50 +32,69 @@
 #include "ccm_log.h"
 #include "ccm_msg.h"
 #include "ccm_notify.h"
+#include "ccm_req.h"
 
 #include <string.h>
 
-#define S_PAGE         1000   //  queued tasks read per task.list
+#define S_PAGE         1000   //  tasks read per task.list
 #define S_SEEN_MS      30000  //  how often a heartbeat refreshes last_seen in the store
 #define S_DEFER_MS     2000   //  a task the store refused is not tried again before this
 #define S_MAX_MESSAGE  65536  //  largest message taken from an executor
 #define S_RECONCILE_MS 5000   //  how often running tasks are checked against the store
+#define S_WINDOW       64     //  store requests in flight at once
 
-//  An executor known on the dispatch socket.
+//  An executor known on the dispatch socket (or, until it beats, from the
+//  store: one that was online when this router started).
 typedef struct {
     char system_id[ROUTE_ID_MAX];
-    zframe_t *identity;  //  its DEALER's routing id
+    zframe_t *identity;  //  its DEALER's routing id, NULL until it beats here
     int64_t heard_ms;    //  last message from it
     int64_t seen_ms;     //  last time last_seen went to the store
     bool online;
 } s_exec_t;
 
+//  A task counted as running on an executor (route.c's load).
 typedef struct {
+    char system_id[ROUTE_ID_MAX];
+    int attempt;
+    uint64_t gen;  //  when it was counted (s_router_t.gen)
+} s_run_t;
+
+struct _router_t {
     ccm_config_t *config;
     zloop_t *loop;
     zsock_t *dispatch;  //  ROUTER: executors
     zsock_t *events;    //  SUB: the store's events
-    ccm_client_t *store;
+    ccm_req_t *store;
     route_t *route;
     zhashx_t *execs;     //  system_id -> s_exec_t
     zhashx_t *reasons;   //  task id -> the reason last written for it
     zhashx_t *deferred;  //  task id -> (int64_t) when it may be tried again
-    zhashx_t *
-        running;  //  task id -> "system id\tattempt": assigned or executing, as route.c counts them
+    zhashx_t *running;   //  task id -> s_run_t: assigned or executing
+    zhashx_t *placing;   //  task id -> system id: its move to assigned is under way
+    zhashx_t *queued;    //  task id -> "": what the last pass put in the route
+    uint64_t gen;
     int64_t reconciled_ms;
     zhashx_t *retries;  //  task id -> (int64_t) when a failed task goes back to the queue
     int64_t retry_base_ms;
     int max_attempts;
     int64_t heartbeat_ms;
     int liveness;
+    int64_t ticked_ms;          //  the last tick (a stalled router gives nobody up for it)
     bool dirty;                 //  something changed: run a pass
+    bool passing;               //  a pass is under way (reading the queue)
+    bool loading, reload;       //  systems and contexts are being read (again after)
+    bool reconciling;           //  running tasks are being read
     char sync_state[16];        //  the store's sync.state: LocalOnly, Online...
     bool connected;             //  sync is Online or Syncing
     int64_t wait_connection_s;  //  how long a requires_supabase task may wait, by default
     zhashx_t *waitconn;         //  task id -> why it waits for a connection (this pass)
     bool watchdog;              //  systemd wants WATCHDOG=1 (sent at every tick)
     zhashx_t *keys;             //  system id -> the public key it registered with (tcp://)
-} s_router_t;
+};
+
+static void s_pass (router_t *self);
+static void s_load_systems (router_t *self);
 
 static void
 s_exec_destroy (s_exec_t **self_p)
@@ -80,44 +106,56 @@ s_exec_destroy (s_exec_t **self_p)
     }
 }
 
-//  Calls the store; returns the reply (caller destroys) or NULL. A write
-//  carries a fresh idempotency key. Why a call failed goes to why if given,
-//  else to the log (a refusal by the store, expected, is not logged).
-static cJSON *
-s_call_why (s_router_t *self, const char *verb, cJSON *body, bool write, char *why, size_t size)
+static const char *
+s_str (cJSON *obj, const char *key)
 {
-    if (write)
-        ccm_client_add_idem (body);
-    cJSON *reply = NULL;
-    int rc = ccm_client_call (self->store, verb, body, &reply);
-    cJSON_Delete (body);
-    if (rc == 0)
-        return reply;
-    if (why)
-        snprintf (why, size, "%s", ccm_client_strerror (rc, reply));
-    else if (rc != CCM_EREPLY)
+    return cJSON_GetStringValue (cJSON_GetObjectItem (obj, key));
+}
+
+//  Sends a read; fn (may be NULL) gets the reply on the loop.
+static void
+s_read (router_t *self, const char *verb, cJSON *body, ccm_req_fn *fn, void *arg)
+{
+    if (ccm_req_send (self->store, verb, &body, fn, arg) && fn)
+        fn (arg, CCM_EPROTO, NULL);
+}
+
+//  A write nobody waits on: a refusal is logged.
+static void
+s_logged (void *arg, int rc, cJSON *reply)
+{
+    const char *verb = arg;
+    if (rc && rc != CCM_ECLOSED)
         ccm_warn ("%s: %s", verb, ccm_client_strerror (rc, reply));
-    cJSON_Delete (reply);
-    return NULL;
 }
 
-static cJSON *
-s_call (s_router_t *self, const char *verb, cJSON *body, bool write)
-{
-    return s_call_why (self, verb, body, write, NULL, 0);
-}
-
-//  Counts the task as running on the system (route.c's load), as of its
-//  attempt-th assignment, or stops.
+//  Sends a write with a fresh idempotency key; fn NULL logs a refusal.
 static void
-s_track (s_router_t *self, const char *task_id, const char *system_id, int attempt)
+s_write (router_t *self, const char *verb, cJSON *body, ccm_req_fn *fn, void *arg)
 {
-    if (route_assign (self->route, task_id, system_id) == 0)
-        zhashx_update (self->running, task_id, zsys_sprintf ("%s\t%d", system_id, attempt));
+    ccm_client_add_idem (body);
+    if (!fn) {
+        fn = s_logged;
+        arg = (void *) verb;  //  a string literal
+    }
+    s_read (self, verb, body, fn, arg);
+}
+
+//  Counts the task as running on the system at its attempt.
+static void
+s_track (router_t *self, const char *task_id, const char *system_id, int attempt)
+{
+    if (route_assign (self->route, task_id, system_id))
+        return;
+    s_run_t *run = calloc (1, sizeof *run);
+    snprintf (run->system_id, sizeof run->system_id, "%s", system_id);
+    run->attempt = attempt;
+    run->gen = ++self->gen;
+    zhashx_update (self->running, task_id, run);
 }
 
 static void
-s_untrack (s_router_t *self, const char *task_id)
+s_untrack (router_t *self, const char *task_id)
 {
     if (zhashx_lookup (self->running, task_id)) {
         route_release (self->route, task_id);
@@ -126,107 +164,224 @@ s_untrack (s_router_t *self, const char *task_id)
     }
 }
 
+//  --------------------------------------------------------------------------
+//  Running tasks, as the store has them
+
 //  Makes the running tasks those the store says run (assigned or executing,
 //  with their lock). Executors' loads are counted here, not taken from their
 //  heartbeats: a heartbeat sent before a RUN arrived would undercount, and a
 //  task placed on a full executor is worse than one that waits a beat.
 //  Events keep it current; this puts right what a dropped event left wrong.
+//  A task counted after the reading began is left as it is.
+typedef struct {
+    router_t *self;
+    uint64_t gen;  //  self->gen when the reading began
+    int status;    //  0: assigned, 1: executing
+    int offset;
+    zhashx_t *truth;  //  task id -> s_run_t
+} s_census_t;
+
+static void s_census_next (s_census_t *census);
+
 static void
-s_reconcile (s_router_t *self)
+s_census_page (void *arg, int rc, cJSON *reply)
 {
-    zhashx_t *truth = zhashx_new ();
-    zhashx_set_destructor (truth, (zhashx_destructor_fn *) zstr_free);
-    const char *statuses[] = {"assigned", "executing"};
-    for (int i = 0; i < 2; i++)
-        for (int offset = 0;; offset += S_PAGE) {
-            cJSON *body = cJSON_CreateObject ();
-            cJSON_AddStringToObject (body, "status", statuses[i]);
-            cJSON_AddNumberToObject (body, "limit", S_PAGE);
-            cJSON_AddNumberToObject (body, "offset", offset);
-            cJSON *reply = s_call (self, "task.list", body, false);
-            cJSON *tasks = cJSON_GetObjectItem (reply, "tasks");
-            cJSON *task;
-            cJSON_ArrayForEach (task, tasks)
-            {
-                const char *id = cJSON_GetStringValue (cJSON_GetObjectItem (task, "id"));
-                const char *by = cJSON_GetStringValue (cJSON_GetObjectItem (task, "locked_by"));
-                int attempt = (int) cJSON_GetNumberValue (cJSON_GetObjectItem (task, "attempts"));
-                if (id && by)
-                    zhashx_update (truth, id, zsys_sprintf ("%s\t%d", by, attempt));
-            }
-            int count = cJSON_GetArraySize (tasks);
-            cJSON_Delete (reply);
-            if (count < S_PAGE)
-                break;
+    s_census_t *census = arg;
+    router_t *self = census->self;
+    if (rc) {
+        if (rc != CCM_ECLOSED) {
+            ccm_warn ("task.list: %s", ccm_client_strerror (rc, reply));
+            self->reconciling = false;
         }
-    zlistx_t *gone = zhashx_keys (self->running);
-    for (const char *id = zlistx_first (gone); id; id = zlistx_next (gone))
-        if (!zhashx_lookup (truth, id))
-            s_untrack (self, id);
-    zlistx_destroy (&gone);
-    for (const char *held = zhashx_first (truth); held; held = zhashx_next (truth)) {
-        const char *id = zhashx_cursor (truth);
-        char by[ROUTE_ID_MAX] = "";
-        int attempt = 0;
-        if (!zhashx_lookup (self->running, id) && sscanf (held, "%127[^\t]\t%d", by, &attempt) == 2)
-            s_track (self, id, by, attempt);
+        zhashx_destroy (&census->truth);
+        free (census);
+        return;
     }
-    zhashx_destroy (&truth);
+    cJSON *tasks = cJSON_GetObjectItem (reply, "tasks"), *task;
+    cJSON_ArrayForEach (task, tasks)
+    {
+        const char *id = s_str (task, "id"), *by = s_str (task, "locked_by");
+        if (!id || !by || strlen (by) >= ROUTE_ID_MAX)
+            continue;
+        s_run_t *run = calloc (1, sizeof *run);
+        snprintf (run->system_id, sizeof run->system_id, "%s", by);
+        run->attempt = (int) cJSON_GetNumberValue (cJSON_GetObjectItem (task, "attempts"));
+        zhashx_update (census->truth, id, run);
+    }
+    if (cJSON_GetArraySize (tasks) == S_PAGE)
+        census->offset += S_PAGE;
+    else {
+        census->status++;
+        census->offset = 0;
+    }
+    if (census->status < 2) {
+        s_census_next (census);
+        return;
+    }
+    zlistx_t *ids = zhashx_keys (self->running);
+    for (const char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
+        s_run_t *run = zhashx_lookup (self->running, id);
+        if (run && run->gen <= census->gen && !zhashx_lookup (census->truth, id))
+            s_untrack (self, id);
+    }
+    zlistx_destroy (&ids);
+    for (s_run_t *held = zhashx_first (census->truth); held; held = zhashx_next (census->truth)) {
+        const char *id = zhashx_cursor (census->truth);
+        s_exec_t *exec = zhashx_lookup (self->execs, held->system_id);
+        //  An executor given up keeps none: its tasks are on their way back.
+        if (!zhashx_lookup (self->running, id) && !zhashx_lookup (self->placing, id)
+            && !(exec && !exec->online && exec->identity != NULL))
+            s_track (self, id, held->system_id, held->attempt);
+    }
+    zhashx_destroy (&census->truth);
+    free (census);
     self->reconciled_ms = ccm_mono_ms ();
+    self->reconciling = false;
+    self->dirty = true;
+}
+
+static void
+s_census_next (s_census_t *census)
+{
+    const char *statuses[] = {"assigned", "executing"};
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "status", statuses[census->status]);
+    cJSON_AddNumberToObject (body, "limit", S_PAGE);
+    cJSON_AddNumberToObject (body, "offset", census->offset);
+    s_read (census->self, "task.list", body, s_census_page, census);
+}
+
+static void
+s_reconcile (router_t *self)
+{
+    if (self->reconciling)
+        return;
+    self->reconciling = true;
+    self->reconciled_ms = ccm_mono_ms ();
+    s_census_t *census = calloc (1, sizeof *census);
+    census->self = self;
+    census->gen = self->gen;
+    census->truth = zhashx_new ();
+    zhashx_set_destructor (census->truth, (zhashx_destructor_fn *) zstr_free);
+    s_census_next (census);
 }
 
 //  --------------------------------------------------------------------------
 //  What the executors are and hold, from the store
 
 static void
-s_load_systems (s_router_t *self)
+s_contexts_read (void *arg, int rc, cJSON *reply)
 {
-    cJSON *reply = s_call (self, "system.list", cJSON_CreateObject (), false);
-    cJSON *system;
-    cJSON_ArrayForEach (system, cJSON_GetObjectItem (reply, "systems"))
-    {
-        const char *id = cJSON_GetStringValue (cJSON_GetObjectItem (system, "id"));
-        s_exec_t *exec = id ? zhashx_lookup (self->execs, id) : NULL;
-        //  Only executors connected here can take tasks.
-        char *tags = cJSON_PrintUnformatted (cJSON_GetObjectItem (system, "tags"));
-        int capacity = (int) cJSON_GetNumberValue (cJSON_GetObjectItem (system, "capacity"));
-        if (id && route_system_set (self->route, id, tags, capacity, exec && exec->online))
-            ccm_warn ("system %s: %s", id, route_error (self->route));
-        free (tags);
-        const char *key = cJSON_GetStringValue (cJSON_GetObjectItem (system, "public_key"));
-        if (id && key)
-            zhashx_update (self->keys, id, strdup (key));
-    }
-    cJSON_Delete (reply);
-    reply = s_call (self, "context.list", cJSON_CreateObject (), false);
+    router_t *self = arg;
+    if (rc == CCM_ECLOSED)
+        return;
     cJSON *context;
     cJSON_ArrayForEach (context, cJSON_GetObjectItem (reply, "contexts"))
     {
         char *metadata = cJSON_PrintUnformatted (cJSON_GetObjectItem (context, "metadata"));
-        if (route_context_set (
-                self->route, cJSON_GetStringValue (cJSON_GetObjectItem (context, "system_id")),
-                cJSON_GetStringValue (cJSON_GetObjectItem (context, "project_name")),
-                cJSON_GetStringValue (cJSON_GetObjectItem (context, "status")), metadata))
+        if (route_context_set (self->route, s_str (context, "system_id"),
+                               s_str (context, "project_name"), s_str (context, "status"),
+                               metadata))
             ccm_warn ("context: %s", route_error (self->route));
         free (metadata);
     }
-    cJSON_Delete (reply);
-    s_reconcile (self);
+    self->loading = false;
     self->dirty = true;
+    s_reconcile (self);
+    if (self->reload) {
+        self->reload = false;
+        s_load_systems (self);
+    }
 }
 
-//  Reads the sync hub's connectivity from the store.
 static void
-s_load_sync (s_router_t *self)
+s_systems_read (void *arg, int rc, cJSON *reply)
 {
-    cJSON *reply = s_call (self, "sync.state", cJSON_CreateObject (), false);
+    router_t *self = arg;
+    if (rc == CCM_ECLOSED)
+        return;
+    int64_t now = ccm_mono_ms ();
+    cJSON *system;
+    cJSON_ArrayForEach (system, cJSON_GetObjectItem (reply, "systems"))
+    {
+        const char *id = s_str (system, "id");
+        if (!id || strlen (id) >= ROUTE_ID_MAX)
+            continue;
+        s_exec_t *exec = zhashx_lookup (self->execs, id);
+        //  One the store says is online, and never heard here (this router
+        //  is new): watched from now on, so that if it is dead it is given up.
+        if (!exec && s_str (system, "status") && strcmp (s_str (system, "status"), "online") == 0) {
+            exec = calloc (1, sizeof *exec);
+            snprintf (exec->system_id, sizeof exec->system_id, "%s", id);
+            exec->heard_ms = now;
+            exec->seen_ms = now;
+            exec->online = true;
+            zhashx_insert (self->execs, id, exec);
+        }
+        //  Only executors connected here can take tasks.
+        char *tags = cJSON_PrintUnformatted (cJSON_GetObjectItem (system, "tags"));
+        int capacity = (int) cJSON_GetNumberValue (cJSON_GetObjectItem (system, "capacity"));
+        if (route_system_set (self->route, id, tags, capacity,
+                              exec && exec->online && exec->identity != NULL))
+            ccm_warn ("system %s: %s", id, route_error (self->route));
+        free (tags);
+        const char *key = s_str (system, "public_key");
+        if (key)
+            zhashx_update (self->keys, id, strdup (key));
+    }
+    s_read (self, "context.list", cJSON_CreateObject (), s_contexts_read, self);
+}
+
+static void
+s_load_systems (router_t *self)
+{
+    if (self->loading) {
+        self->reload = true;
+        return;
+    }
+    self->loading = true;
+    s_read (self, "system.list", cJSON_CreateObject (), s_systems_read, self);
+}
+
+static void
+s_sync_read (void *arg, int rc, cJSON *reply)
+{
+    router_t *self = arg;
+    if (rc)
+        return;
     cJSON *sync = cJSON_GetObjectItem (reply, "sync");
-    const char *state = cJSON_GetStringValue (cJSON_GetObjectItem (sync, "state"));
+    const char *state = s_str (sync, "state");
     if (state) {
         snprintf (self->sync_state, sizeof self->sync_state, "%s", state);
         self->connected = cJSON_IsTrue (cJSON_GetObjectItem (sync, "connected"));
+        self->dirty = true;
     }
-    cJSON_Delete (reply);
+}
+
+//  --------------------------------------------------------------------------
+//  Placing tasks
+
+//  Writes why the task waits, when it differs from what was written.
+static void
+s_say_reason (router_t *self, const char *task_id, const char *reason)
+{
+    const char *said = zhashx_lookup (self->reasons, task_id);
+    if (said && strcmp (said, reason) == 0)
+        return;
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "task", task_id);
+    cJSON_AddStringToObject (body, "reason", reason);
+    //  A task placed meanwhile takes no reason: not worth a warning.
+    s_write (self, "task.reason", body, NULL, NULL);
+    zhashx_update (self->reasons, task_id, strdup (reason));
+}
+
+static void
+s_defer (router_t *self, const char *task_id)
+{
+    int64_t *until = malloc (sizeof *until);
+    *until = ccm_mono_ms () + S_DEFER_MS;
+    zhashx_update (self->deferred, task_id, until);
 }
 
 //  A requires_supabase task while sync is not connected: it waits in
@@ -234,7 +389,7 @@ s_load_sync (s_router_t *self)
 //  (router.wait_connection_s without one), counted from its creation.
 //  Returns true if the task is held here.
 static bool
-s_hold_for_connection (s_router_t *self, cJSON *task, const char *id)
+s_hold_for_connection (router_t *self, cJSON *task, const char *id)
 {
     if (self->connected || !cJSON_IsTrue (cJSON_GetObjectItem (task, "requires_supabase")))
         return false;
@@ -243,7 +398,7 @@ s_hold_for_connection (s_router_t *self, cJSON *task, const char *id)
     int64_t limit_s =
         cJSON_IsNumber (timeout) ? (int64_t) timeout->valuedouble : self->wait_connection_s;
     int64_t created = 0;
-    ccm_iso_ms (cJSON_GetStringValue (cJSON_GetObjectItem (task, "created_at")), &created);
+    ccm_iso_ms (s_str (task, "created_at"), &created);
     if (ccm_wall_ms () - created >= limit_s * 1000) {
         char reason[160];
         snprintf (reason, sizeof reason,
@@ -253,7 +408,8 @@ s_hold_for_connection (s_router_t *self, cJSON *task, const char *id)
         cJSON_AddStringToObject (body, "task", id);
         cJSON_AddStringToObject (body, "to", "failed");
         cJSON_AddStringToObject (body, "reason", reason);
-        cJSON_Delete (s_call (self, "task.transition", body, true));
+        s_write (self, "task.transition", body, NULL, NULL);
+        s_defer (self, id);
         ccm_info ("task %.8s: %s", id, reason);
         return true;
     }
@@ -263,156 +419,11 @@ s_hold_for_connection (s_router_t *self, cJSON *task, const char *id)
     return true;
 }
 
-//  Reads the queued tasks into the route (all of them, page by page);
-//  forgets queued ones that are no longer. Returns the ids read (caller
-//  destroys).
-static zhashx_t *
-s_load_queue (s_router_t *self)
-{
-    zhashx_t *queued = zhashx_new ();
-    int64_t now = ccm_mono_ms ();
-    for (int offset = 0;; offset += S_PAGE) {
-        cJSON *body = cJSON_CreateObject ();
-        cJSON_AddStringToObject (body, "status", "queued");
-        cJSON_AddNumberToObject (body, "limit", S_PAGE);
-        cJSON_AddNumberToObject (body, "offset", offset);
-        cJSON *reply = s_call (self, "task.list", body, false);
-        cJSON *tasks = cJSON_GetObjectItem (reply, "tasks");
-        int count = cJSON_GetArraySize (tasks);
-        cJSON *task;
-        cJSON_ArrayForEach (task, tasks)
-        {
-            const char *id = cJSON_GetStringValue (cJSON_GetObjectItem (task, "id"));
-            if (!id)
-                continue;
-            zhashx_insert (queued, id, "");
-            if (s_hold_for_connection (self, task, id))
-                continue;
-            int64_t *until = zhashx_lookup (self->deferred, id);
-            if (until && *until > now)
-                continue;
-            zhashx_delete (self->deferred, id);
-            //  FIFO within a priority: the creation time orders them.
-            int64_t seq = 0;
-            ccm_iso_ms (cJSON_GetStringValue (cJSON_GetObjectItem (task, "created_at")), &seq);
-            char *requires =
-                cJSON_PrintUnformatted (cJSON_GetObjectItem (task, "requires_context_metadata"));
-            //  A review runs where the worktree it reviews is.
-            const char *system = cJSON_GetStringValue (cJSON_GetObjectItem (task, "system_id"));
-            if (!system)
-                system = cJSON_GetStringValue (cJSON_GetObjectItem (task, "review_system_id"));
-            if (route_task_add (
-                    self->route, id, cJSON_GetStringValue (cJSON_GetObjectItem (task, "priority")),
-                    seq, system,
-                    cJSON_GetStringValue (cJSON_GetObjectItem (task, "requires_project")),
-                    requires))
-                ccm_warn ("task %.8s: %s", id, route_error (self->route));
-            free (requires);
-        }
-        cJSON_Delete (reply);
-        if (count < S_PAGE)
-            break;
-    }
-    //  A task that left the queue (cancelled, or placed by someone else).
-    for (const char *id = zhashx_first (self->reasons); id; id = zhashx_next (self->reasons))
-        if (!zhashx_lookup (queued, zhashx_cursor (self->reasons)))
-            route_task_remove (self->route, zhashx_cursor (self->reasons));
-    return queued;
-}
-
-//  --------------------------------------------------------------------------
-//  Placing tasks
-
-//  Writes why the task waits, when it differs from what was written.
 static void
-s_say_reason (s_router_t *self, const char *task_id, const char *reason)
+s_send (router_t *self, s_exec_t *exec, const char *verb, const char *json)
 {
-    const char *said = zhashx_lookup (self->reasons, task_id);
-    if (said && strcmp (said, reason) == 0)
+    if (!exec->identity)
         return;
-    cJSON *body = cJSON_CreateObject ();
-    cJSON_AddStringToObject (body, "task", task_id);
-    cJSON_AddStringToObject (body, "reason", reason);
-    cJSON_Delete (s_call (self, "task.reason", body, true));
-    zhashx_update (self->reasons, task_id, strdup (reason));
-}
-
-//  Moves the task to assigned on the executor and sends it RUN. Returns 0,
-//  or -1 if the store refused (the task is deferred, with the reason).
-static int
-s_place (s_router_t *self, const route_decision_t *decision)
-{
-    s_exec_t *exec = zhashx_lookup (self->execs, decision->system_id);
-    char why[512] = "";
-    cJSON *body = cJSON_CreateObject ();
-    cJSON_AddStringToObject (body, "task", decision->task_id);
-    cJSON_AddStringToObject (body, "to", "assigned");
-    cJSON_AddStringToObject (body, "locked_by", decision->system_id);
-    char reason[ROUTE_REASON_MAX + 64];
-    snprintf (reason, sizeof reason, "routed to system %.8s%s%s", decision->system_id,
-              *decision->project ? ", project " : "", decision->project);
-    cJSON_AddStringToObject (body, "reason", reason);
-    cJSON *reply = exec ? s_call_why (self, "task.transition", body, true, why, sizeof why) : NULL;
-    if (!exec)
-        cJSON_Delete (body);
-    if (!reply) {
-        //  Not ours to run now (a dependency, a cancel, another router):
-        //  say why, and look again later rather than at every pass.
-        route_task_remove (self->route, decision->task_id);
-        int64_t *until = malloc (sizeof *until);
-        *until = ccm_mono_ms () + S_DEFER_MS;
-        zhashx_update (self->deferred, decision->task_id, until);
-        if (*why)
-            s_say_reason (self, decision->task_id, why);
-        return -1;
-    }
-    int attempt = (int) cJSON_GetNumberValue (
-        cJSON_GetObjectItem (cJSON_GetObjectItem (reply, "task"), "attempts"));
-    cJSON_Delete (reply);
-    s_track (self, decision->task_id, decision->system_id, attempt);
-    zhashx_delete (self->reasons, decision->task_id);
-    zmsg_t *msg = zmsg_new ();
-    zmsg_add (msg, zframe_dup (exec->identity));
-    zmsg_addstr (msg, "RUN");
-    char *text = zsys_sprintf ("{\"v\":1,\"task_id\":\"%s\"}", decision->task_id);
-    zmsg_addstr (msg, text);
-    zstr_free (&text);
-    if (zmsg_send (&msg, self->dispatch))
-        zmsg_destroy (&msg);
-    ccm_info ("task %.8s -> system %.8s (%s context%s%s)", decision->task_id, decision->system_id,
-              *decision->context_status ? decision->context_status : "no",
-              *decision->project ? " " : "", decision->project);
-    return 0;
-}
-
-//  One pass: the queue from the store, then every task that can go.
-static void
-s_pass (s_router_t *self)
-{
-    self->dirty = false;
-    zhashx_purge (self->waitconn);
-    zhashx_t *queued = s_load_queue (self);
-    route_decision_t decision;
-    while (route_next (self->route, &decision))
-        s_place (self, &decision);
-    //  What still waits says why.
-    for (void *item = zhashx_first (queued); item; item = zhashx_next (queued)) {
-        const char *id = zhashx_cursor (queued);
-        const char *reason = zhashx_lookup (self->waitconn, id);
-        if (!reason)
-            reason = route_task_reason (self->route, id);
-        if (reason)
-            s_say_reason (self, id, reason);
-    }
-    zhashx_destroy (&queued);
-}
-
-//  --------------------------------------------------------------------------
-//  Executors
-
-static void
-s_send (s_router_t *self, s_exec_t *exec, const char *verb, const char *json)
-{
     zmsg_t *msg = zmsg_new ();
     zmsg_add (msg, zframe_dup (exec->identity));
     zmsg_addstr (msg, verb);
@@ -421,10 +432,235 @@ s_send (s_router_t *self, s_exec_t *exec, const char *verb, const char *json)
         zmsg_destroy (&msg);
 }
 
-//  Tells the store whether the executor is up (a heartbeat, now and then),
-//  or down (its tasks are requeued), and the route too.
+typedef struct {
+    router_t *self;
+    route_decision_t decision;
+} s_placing_t;
+
+//  The store's answer to a move to assigned: RUN, or the reason it waits.
 static void
-s_set_online (s_router_t *self, s_exec_t *exec, bool online, const char *reason)
+s_placed (void *arg, int rc, cJSON *reply)
+{
+    s_placing_t *placing = arg;
+    router_t *self = placing->self;
+    const route_decision_t *decision = &placing->decision;
+    if (rc == CCM_ECLOSED) {
+        free (placing);
+        return;
+    }
+    zhashx_delete (self->placing, decision->task_id);
+    s_exec_t *exec = zhashx_lookup (self->execs, decision->system_id);
+    if (rc) {
+        //  Not ours to run now (a dependency, a cancel, another router):
+        //  say why, and look again later rather than at every pass.
+        route_release (self->route, decision->task_id);
+        route_task_remove (self->route, decision->task_id);
+        s_defer (self, decision->task_id);
+        if (rc == CCM_EREPLY)
+            s_say_reason (self, decision->task_id, ccm_client_strerror (rc, reply));
+        self->dirty = true;
+        free (placing);
+        return;
+    }
+    int attempt = (int) cJSON_GetNumberValue (
+        cJSON_GetObjectItem (cJSON_GetObjectItem (reply, "task"), "attempts"));
+    zhashx_delete (self->reasons, decision->task_id);
+    if (!exec || !exec->online) {
+        //  Given up while the move was under way: the task goes back.
+        route_release (self->route, decision->task_id);
+        cJSON *body = cJSON_CreateObject ();
+        cJSON_AddStringToObject (body, "task", decision->task_id);
+        cJSON_AddStringToObject (body, "to", "queued");
+        cJSON_AddStringToObject (body, "reason", "its executor went offline before it started");
+        s_write (self, "task.transition", body, NULL, NULL);
+        free (placing);
+        return;
+    }
+    route_release (self->route, decision->task_id);
+    s_track (self, decision->task_id, decision->system_id, attempt);
+    char *text =
+        zsys_sprintf ("{\"v\":1,\"task_id\":\"%s\",\"attempt\":%d}", decision->task_id, attempt);
+    s_send (self, exec, "RUN", text);
+    zstr_free (&text);
+    ccm_info ("task %.8s -> system %.8s, attempt %d (%s context%s%s)", decision->task_id,
+              decision->system_id, attempt,
+              *decision->context_status ? decision->context_status : "no",
+              *decision->project ? " " : "", decision->project);
+    free (placing);
+}
+
+//  Moves the task to assigned on the executor (counted on it at once, so
+//  the same pass does not overfill it); RUN follows the store's answer.
+static void
+s_place (router_t *self, const route_decision_t *decision)
+{
+    s_exec_t *exec = zhashx_lookup (self->execs, decision->system_id);
+    route_assign (self->route, decision->task_id, decision->system_id);
+    if (!exec || !exec->identity) {
+        route_release (self->route, decision->task_id);
+        route_task_remove (self->route, decision->task_id);
+        s_defer (self, decision->task_id);
+        return;
+    }
+    s_placing_t *placing = calloc (1, sizeof *placing);
+    placing->self = self;
+    placing->decision = *decision;
+    zhashx_update (self->placing, decision->task_id, strdup (decision->system_id));
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "task", decision->task_id);
+    cJSON_AddStringToObject (body, "to", "assigned");
+    cJSON_AddStringToObject (body, "locked_by", decision->system_id);
+    char reason[ROUTE_REASON_MAX + 64];
+    snprintf (reason, sizeof reason, "routed to system %.8s%s%s", decision->system_id,
+              *decision->project ? ", project " : "", decision->project);
+    cJSON_AddStringToObject (body, "reason", reason);
+    s_write (self, "task.transition", body, s_placed, placing);
+}
+
+//  The queue, read page by page; then every task that can go is placed.
+typedef struct {
+    router_t *self;
+    int offset;
+    zhashx_t *seen;  //  task ids queued now
+} s_sweep_t;
+
+static void s_sweep_next (s_sweep_t *sweep);
+
+static void
+s_sweep_end (s_sweep_t *sweep)
+{
+    router_t *self = sweep->self;
+    //  A task that left the queue (cancelled, or placed by someone else).
+    for (void *item = zhashx_first (self->queued); item; item = zhashx_next (self->queued))
+        if (!zhashx_lookup (sweep->seen, zhashx_cursor (self->queued)))
+            route_task_remove (self->route, zhashx_cursor (self->queued));
+    zhashx_destroy (&self->queued);
+    self->queued = sweep->seen;
+    route_decision_t decision;
+    while (route_next (self->route, &decision))
+        s_place (self, &decision);
+    //  What still waits says why.
+    for (void *item = zhashx_first (self->queued); item; item = zhashx_next (self->queued)) {
+        const char *id = zhashx_cursor (self->queued);
+        if (zhashx_lookup (self->placing, id))
+            continue;
+        const char *reason = zhashx_lookup (self->waitconn, id);
+        if (!reason)
+            reason = route_task_reason (self->route, id);
+        if (reason)
+            s_say_reason (self, id, reason);
+    }
+    free (sweep);
+    self->passing = false;
+}
+
+static void
+s_sweep_page (void *arg, int rc, cJSON *reply)
+{
+    s_sweep_t *sweep = arg;
+    router_t *self = sweep->self;
+    if (rc) {
+        if (rc != CCM_ECLOSED) {
+            ccm_warn ("task.list: %s", ccm_client_strerror (rc, reply));
+            self->passing = false;
+        }
+        zhashx_destroy (&sweep->seen);
+        free (sweep);
+        return;
+    }
+    int64_t now = ccm_mono_ms ();
+    cJSON *tasks = cJSON_GetObjectItem (reply, "tasks"), *task;
+    cJSON_ArrayForEach (task, tasks)
+    {
+        const char *id = s_str (task, "id");
+        if (!id || zhashx_lookup (self->placing, id) || zhashx_lookup (self->running, id))
+            continue;
+        zhashx_insert (sweep->seen, id, "");
+        if (s_hold_for_connection (self, task, id))
+            continue;
+        int64_t *until = zhashx_lookup (self->deferred, id);
+        if (until && *until > now) {
+            route_task_remove (self->route, id);
+            continue;
+        }
+        zhashx_delete (self->deferred, id);
+        //  FIFO within a priority: the creation time orders them.
+        int64_t seq = 0;
+        ccm_iso_ms (s_str (task, "created_at"), &seq);
+        char *requires =
+            cJSON_PrintUnformatted (cJSON_GetObjectItem (task, "requires_context_metadata"));
+        //  A review runs where the worktree it reviews is.
+        const char *system = s_str (task, "system_id");
+        if (!system)
+            system = s_str (task, "review_system_id");
+        if (route_task_add (self->route, id, s_str (task, "priority"), seq, system,
+                            s_str (task, "requires_project"), requires))
+            ccm_warn ("task %.8s: %s", id, route_error (self->route));
+        free (requires);
+    }
+    if (cJSON_GetArraySize (tasks) == S_PAGE) {
+        sweep->offset += S_PAGE;
+        s_sweep_next (sweep);
+    }
+    else
+        s_sweep_end (sweep);
+}
+
+static void
+s_sweep_next (s_sweep_t *sweep)
+{
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "status", "queued");
+    cJSON_AddNumberToObject (body, "limit", S_PAGE);
+    cJSON_AddNumberToObject (body, "offset", sweep->offset);
+    s_read (sweep->self, "task.list", body, s_sweep_page, sweep);
+}
+
+//  One pass: the queue from the store, then every task that can go. One
+//  at a time; a change meanwhile makes the next.
+static void
+s_pass (router_t *self)
+{
+    if (self->passing)
+        return;
+    self->passing = true;
+    self->dirty = false;
+    zhashx_purge (self->waitconn);
+    s_sweep_t *sweep = calloc (1, sizeof *sweep);
+    sweep->self = self;
+    sweep->seen = zhashx_new ();
+    s_sweep_next (sweep);
+}
+
+//  --------------------------------------------------------------------------
+//  Executors
+
+static void
+s_status_done (void *arg, int rc, cJSON *reply)
+{
+    router_t *self = arg;
+    if (rc == CCM_ECLOSED)
+        return;
+    if (rc) {
+        ccm_warn ("system.status: %s", ccm_client_strerror (rc, reply));
+        return;
+    }
+    cJSON *task;
+    cJSON_ArrayForEach (task, cJSON_GetObjectItem (reply, "requeued"))
+    {
+        s_untrack (self, task->valuestring);
+        ccm_info ("task %.8s: back in the queue (its executor went offline)", task->valuestring);
+    }
+    cJSON_ArrayForEach (task, cJSON_GetObjectItem (reply, "failed"))
+        s_untrack (self, task->valuestring);
+    self->dirty = true;
+}
+
+//  Tells the store whether the executor is up (a heartbeat, now and then),
+//  or down (its tasks are requeued), and the route too. Given up, it keeps
+//  no attempt from this moment: no later answer to it names one.
+static void
+s_set_online (router_t *self, s_exec_t *exec, bool online, const char *reason)
 {
     int64_t now = ccm_mono_ms ();
     bool changed = exec->online != online;
@@ -432,25 +668,26 @@ s_set_online (s_router_t *self, s_exec_t *exec, bool online, const char *reason)
     if (!changed && (!online || now - exec->seen_ms < S_SEEN_MS))
         return;
     exec->seen_ms = now;
+    if (!online) {
+        zlistx_t *ids = zhashx_keys (self->running);
+        for (const char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
+            s_run_t *run = zhashx_lookup (self->running, id);
+            if (run && strcmp (run->system_id, exec->system_id) == 0)
+                s_untrack (self, id);
+        }
+        zlistx_destroy (&ids);
+    }
     cJSON *body = cJSON_CreateObject ();
     cJSON_AddStringToObject (body, "system_id", exec->system_id);
     cJSON_AddStringToObject (body, "status", online ? "online" : "offline");
     if (reason)
         cJSON_AddStringToObject (body, "reason", reason);
-    cJSON *reply = s_call (self, "system.status", body, true);
-    cJSON *task;
-    cJSON_ArrayForEach (task, cJSON_GetObjectItem (reply, "requeued"))
-    {
-        s_untrack (self, task->valuestring);
-        ccm_info ("task %.8s: back in the queue (%s)", task->valuestring, reason);
-    }
-    cJSON_ArrayForEach (task, cJSON_GetObjectItem (reply, "failed"))
-        s_untrack (self, task->valuestring);
-    cJSON_Delete (reply);
+    s_write (self, "system.status", body, s_status_done, self);
     if (changed) {
         ccm_info ("system %.8s is %s%s%s", exec->system_id, online ? "online" : "offline",
                   reason ? ": " : "", reason ? reason : "");
-        if (route_system_set_online (self->route, exec->system_id, online))
+        if (route_system_set_online (self->route, exec->system_id,
+                                     online && exec->identity != NULL))
             s_load_systems (self);  //  new to the route: read it from the store
         self->dirty = true;
     }
@@ -458,31 +695,57 @@ s_set_online (s_router_t *self, s_exec_t *exec, bool online, const char *reason)
 
 //  Whether the peer of key (its frames' User-Id over tcp://, else NULL) may
 //  speak for system id: over tcp:// only the key that registered it can.
+//  A key not yet known sends the systems to be read again; until then it
+//  is not believed.
 static bool
-s_peer_is (s_router_t *self, const char *id, const char *key)
+s_peer_is (router_t *self, const char *id, const char *key)
 {
     if (!key || strlen (key) != 40 || strcmp (key, ccm_bus_public_key ()) == 0)
         return true;
-    if (!zhashx_lookup (self->keys, id))
-        s_load_systems (self);
     const char *known = zhashx_lookup (self->keys, id);
+    if (!known)
+        s_load_systems (self);
     return known && strcmp (known, key) == 0;
 }
 
+//  The answer to a heartbeat: its seq, and the attempts this executor holds.
 static void
-s_heartbeat (s_router_t *self, zframe_t *identity, cJSON *body, const char *key)
+s_answer (router_t *self, s_exec_t *exec, cJSON *beat)
 {
-    const char *id = cJSON_GetStringValue (cJSON_GetObjectItem (body, "system_id"));
-    cJSON *running = cJSON_GetObjectItem (body, "running");
-    if (!id || !*id || strlen (id) >= ROUTE_ID_MAX || !cJSON_IsArray (running)) {
-        ccm_warn ("a malformed HEARTBEAT (needs system_id and running); ignored");
-        return;
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddNumberToObject (body, "v", 1);
+    cJSON *seq = cJSON_GetObjectItem (beat, "seq");
+    if (cJSON_IsNumber (seq))
+        cJSON_AddNumberToObject (body, "seq", seq->valuedouble);
+    cJSON *held = cJSON_AddArrayToObject (body, "held");
+    for (s_run_t *run = zhashx_first (self->running); run; run = zhashx_next (self->running))
+        if (strcmp (run->system_id, exec->system_id) == 0) {
+            cJSON *item = cJSON_CreateObject ();
+            cJSON_AddStringToObject (item, "task_id", zhashx_cursor (self->running));
+            cJSON_AddNumberToObject (item, "attempt", run->attempt);
+            cJSON_AddItemToArray (held, item);
+        }
+    char *text = cJSON_PrintUnformatted (body);
+    cJSON_Delete (body);
+    s_send (self, exec, "HEARTBEAT", text ? text : "{\"v\":1}");
+    free (text);
+}
+
+//  The executor a message is from: it must name a system its key may speak
+//  for. A new one is taken; a restarted one comes back on a new socket.
+static s_exec_t *
+s_sender (router_t *self, zframe_t *identity, cJSON *body, const char *key, const char *verb)
+{
+    const char *id = s_str (body, "system_id");
+    if (!id || !*id || strlen (id) >= ROUTE_ID_MAX) {
+        ccm_warn ("a malformed %s (needs system_id%s); ignored", verb,
+                  strcmp (verb, "HEARTBEAT") == 0 ? " and running" : "");
+        return NULL;
     }
     if (!s_peer_is (self, id, key)) {
-        ccm_warn ("a HEARTBEAT for system %.36s from key %s, which did not register it;"
-                  " ignored",
-                  id, key);
-        return;
+        ccm_warn ("a %s for system %.36s from key %s, which did not register it; ignored", verb, id,
+                  key);
+        return NULL;
     }
     s_exec_t *exec = zhashx_lookup (self->execs, id);
     if (!exec) {
@@ -491,21 +754,22 @@ s_heartbeat (s_router_t *self, zframe_t *identity, cJSON *body, const char *key)
         zhashx_insert (self->execs, id, exec);
         s_load_systems (self);
     }
-    //  A restarted executor comes back on a new socket.
     if (!exec->identity || !zframe_eq (exec->identity, identity)) {
+        bool first = !exec->identity;
         zframe_destroy (&exec->identity);
         exec->identity = zframe_dup (identity);
+        if (first && exec->online)
+            route_system_set_online (self->route, exec->system_id, true);
     }
     exec->heard_ms = ccm_mono_ms ();
-    s_set_online (self, exec, true, NULL);
-    s_send (self, exec, "HEARTBEAT", "{\"v\":1}");
+    return exec;
 }
 
 static int
 s_dispatch_readable (zloop_t *loop, zsock_t *reader, void *arg)
 {
     (void) loop;
-    s_router_t *self = arg;
+    router_t *self = arg;
     zmsg_t *msg = zmsg_recv (reader);
     if (!msg)
         return 0;
@@ -516,13 +780,27 @@ s_dispatch_readable (zloop_t *loop, zsock_t *reader, void *arg)
         frame && zframe_size (frame) <= S_MAX_MESSAGE
             ? cJSON_ParseWithLength ((const char *) zframe_data (frame), zframe_size (frame))
             : NULL;
+    const char *key = frame ? zframe_meta (frame, "User-Id") : NULL;
     if (!identity || !verb || !cJSON_IsObject (body))
         ccm_warn ("a malformed message on the dispatch socket (%s); ignored",
                   !verb    ? "no verb"
                   : !frame ? "no body"
                            : "body not a JSON object");
-    else if (strcmp (verb, "HEARTBEAT") == 0)
-        s_heartbeat (self, identity, body, zframe_meta (frame, "User-Id"));
+    else if (strcmp (verb, "HEARTBEAT") == 0) {
+        s_exec_t *exec = cJSON_IsArray (cJSON_GetObjectItem (body, "running"))
+                             ? s_sender (self, identity, body, key, verb)
+                             : NULL;
+        if (!exec && !cJSON_IsArray (cJSON_GetObjectItem (body, "running")))
+            ccm_warn ("a malformed HEARTBEAT (needs system_id and running); ignored");
+        if (exec) {
+            s_set_online (self, exec, true, NULL);
+            s_answer (self, exec, body);
+        }
+    }
+    else if (strcmp (verb, "ACK") == 0) {
+        //  A RUN taken (or taken before: never run twice). A sign of life.
+        s_sender (self, identity, body, key, verb);
+    }
     else
         ccm_warn ("an unknown verb '%.32s' on the dispatch socket; ignored", verb);
     cJSON_Delete (body);
@@ -539,14 +817,14 @@ static int
 s_event (zloop_t *loop, zsock_t *reader, void *arg)
 {
     (void) loop;
-    s_router_t *self = arg;
+    router_t *self = arg;
     while (zsock_events (reader) & ZMQ_POLLIN) {
         zmsg_t *msg = zmsg_recv (reader);
         char *topic = msg ? zmsg_popstr (msg) : NULL;
         if (topic && (strncmp (topic, "systems.", 8) == 0 || strncmp (topic, "contexts.", 9) == 0))
             s_load_systems (self);
         else if (topic && strcmp (topic, "sync.state") == 0)
-            s_load_sync (self);
+            s_read (self, "sync.state", cJSON_CreateObject (), s_sync_read, self);
         else if (topic && strcmp (topic, "task.status") == 0) {
             //  A task that stopped frees its executor's slot.
             zframe_t *seq = zmsg_pop (msg);
@@ -554,9 +832,9 @@ s_event (zloop_t *loop, zsock_t *reader, void *arg)
             char *text = zmsg_popstr (msg);
             cJSON *event = text ? cJSON_Parse (text) : NULL;
             cJSON *data = cJSON_GetObjectItem (event, "data");
-            const char *from = cJSON_GetStringValue (cJSON_GetObjectItem (data, "from"));
-            const char *to = cJSON_GetStringValue (cJSON_GetObjectItem (data, "to"));
-            const char *task = cJSON_GetStringValue (cJSON_GetObjectItem (event, "entity_id"));
+            const char *from = s_str (data, "from");
+            const char *to = s_str (data, "to");
+            const char *task = s_str (event, "entity_id");
             int attempt = (int) cJSON_GetNumberValue (cJSON_GetObjectItem (data, "attempts"));
             //  The end of a run (back to the queue, or over) frees its slot;
             //  only that run's: an event may arrive after the task was
@@ -564,9 +842,8 @@ s_event (zloop_t *loop, zsock_t *reader, void *arg)
             bool ended = from && to
                          && (strcmp (from, "assigned") == 0 || strcmp (from, "executing") == 0)
                          && strcmp (to, "executing") != 0;
-            const char *held = task ? zhashx_lookup (self->running, task) : NULL;
-            const char *tab = held ? strchr (held, '\t') : NULL;
-            if (ended && tab && atoi (tab + 1) == attempt)
+            s_run_t *run = task ? zhashx_lookup (self->running, task) : NULL;
+            if (ended && run && run->attempt == attempt)
                 s_untrack (self, task);
             //  A run that failed is tried again while attempts are left,
             //  after 1, 2, 4... times router.retry_base_ms, plus jitter.
@@ -589,16 +866,23 @@ s_event (zloop_t *loop, zsock_t *reader, void *arg)
     return 0;
 }
 
-//  Every beat: executors silent too long go offline; a pass if needed.
+//  Every beat: executors silent too long are given up; a pass if needed.
 static int
 s_tick (zloop_t *loop, int timer_id, void *arg)
 {
     (void) loop, (void) timer_id;
-    s_router_t *self = arg;
+    router_t *self = arg;
     int64_t now = ccm_mono_ms ();
     //  The loop turns: tell systemd (its watchdog, when it set one).
     if (self->watchdog)
         ccm_notify ("WATCHDOG=1");
+    //  This router stalled (paused, starved): it heard nobody meanwhile, so
+    //  the stall counts against nobody.
+    int64_t stall = now - self->ticked_ms - self->heartbeat_ms;
+    if (self->ticked_ms && stall > self->heartbeat_ms)
+        for (s_exec_t *exec = zhashx_first (self->execs); exec; exec = zhashx_next (self->execs))
+            exec->heard_ms += stall;
+    self->ticked_ms = now;
     for (s_exec_t *exec = zhashx_first (self->execs); exec; exec = zhashx_next (self->execs))
         if (exec->online && now - exec->heard_ms > self->heartbeat_ms * self->liveness) {
             char reason[96];
@@ -617,7 +901,7 @@ s_tick (zloop_t *loop, int timer_id, void *arg)
         cJSON_AddStringToObject (body, "task", task);
         cJSON_AddStringToObject (body, "to", "queued");
         cJSON_AddStringToObject (body, "reason", "retry after a failed attempt");
-        cJSON_Delete (s_call (self, "task.transition", body, true));
+        s_write (self, "task.transition", body, NULL, NULL);
         zhashx_delete (self->retries, task);  //  done, or no longer failed (a user's retry)
     }
     zlistx_destroy (&due);
@@ -628,73 +912,86 @@ s_tick (zloop_t *loop, int timer_id, void *arg)
     return 0;
 }
 
-int
-router_main (ccm_config_t *config)
+router_t *
+router_new (ccm_config_t *config)
 {
-    s_router_t self = {.config = config};
-    self.heartbeat_ms = ccm_config_int (config, "router.heartbeat_ms");
-    self.liveness = (int) ccm_config_int (config, "router.liveness");
-    if (self.heartbeat_ms < 10)
-        self.heartbeat_ms = 10;
-    if (self.liveness < 1)
-        self.liveness = 1;
-    const char *endpoint = ccm_config_str (config, "router.endpoint");
-    self.route = route_new ();
-    self.execs = zhashx_new ();
-    zhashx_set_destructor (self.execs, (zhashx_destructor_fn *) s_exec_destroy);
-    self.reasons = zhashx_new ();
-    zhashx_set_destructor (self.reasons, (zhashx_destructor_fn *) zstr_free);
-    self.deferred = zhashx_new ();
-    zhashx_set_destructor (self.deferred, (zhashx_destructor_fn *) zstr_free);
-    self.retries = zhashx_new ();
-    zhashx_set_destructor (self.retries, (zhashx_destructor_fn *) zstr_free);
-    self.retry_base_ms = ccm_config_int (config, "router.retry_base_ms");
-    if (self.retry_base_ms < 1)
-        self.retry_base_ms = 1;
-    self.max_attempts = (int) ccm_config_int (config, "store.max_attempts");
-    self.running = zhashx_new ();
-    zhashx_set_destructor (self.running, (zhashx_destructor_fn *) zstr_free);
-    self.keys = zhashx_new ();
-    zhashx_set_destructor (self.keys, (zhashx_destructor_fn *) zstr_free);
-    self.waitconn = zhashx_new ();
-    zhashx_set_destructor (self.waitconn, (zhashx_destructor_fn *) zstr_free);
-    self.wait_connection_s = ccm_config_int (config, "router.wait_connection_s");
-    self.watchdog = ccm_notify_watchdog_ms () > 0;
-    snprintf (self.sync_state, sizeof self.sync_state, "LocalOnly");
-    self.store = ccm_client_new (ccm_config_str (config, "store.endpoint"),
-                                 (int) ccm_config_int (config, "bus.timeout_ms"),
-                                 (int) ccm_config_int (config, "bus.retries"));
-    self.dispatch = ccm_bus_router_bind (endpoint, S_MAX_MESSAGE);
-    self.events = ccm_bus_sub_connect (ccm_config_str (config, "store.pub_endpoint"), "task.");
-    int rc = 1;
-    if (self.store && self.dispatch && self.events) {
-        zsock_set_subscribe (self.events, "systems.");
-        zsock_set_subscribe (self.events, "contexts.");
-        zsock_set_subscribe (self.events, "sync.state");
-        self.loop = zloop_new ();
-        zloop_reader (self.loop, self.dispatch, s_dispatch_readable, &self);
-        zloop_reader (self.loop, self.events, s_event, &self);
-        zloop_timer (self.loop, (size_t) self.heartbeat_ms, 0, s_tick, &self);
-        s_load_systems (&self);
-        s_load_sync (&self);
-        ccm_info ("ready: executors on %s, heartbeat %lld ms, liveness %d", endpoint,
-                  (long long) self.heartbeat_ms, self.liveness);
-        zloop_start (self.loop);
-        zloop_destroy (&self.loop);
-        rc = 0;
+    router_t *self = calloc (1, sizeof *self);
+    self->config = config;
+    self->heartbeat_ms = ccm_config_int (config, "router.heartbeat_ms");
+    self->liveness = (int) ccm_config_int (config, "router.liveness");
+    if (self->heartbeat_ms < 10)
+        self->heartbeat_ms = 10;
+    if (self->liveness < 1)
+        self->liveness = 1;
+    self->route = route_new ();
+    zhashx_t **maps[] = {&self->execs,    &self->reasons, &self->deferred,
+                         &self->retries,  &self->running, &self->keys,
+                         &self->waitconn, &self->placing, &self->queued};
+    for (size_t i = 0; i < sizeof maps / sizeof maps[0]; i++) {
+        *maps[i] = zhashx_new ();
+        zhashx_set_destructor (*maps[i], (zhashx_destructor_fn *) zstr_free);
     }
-    else
-        ccm_error ("cannot start: %s", !self.dispatch ? endpoint : "the store's sockets");
-    zsock_destroy (&self.events);
-    zsock_destroy (&self.dispatch);
-    ccm_client_destroy (&self.store);
-    zhashx_destroy (&self.deferred);
-    zhashx_destroy (&self.running);
-    zhashx_destroy (&self.retries);
-    zhashx_destroy (&self.waitconn);
-    zhashx_destroy (&self.keys);
-    zhashx_destroy (&self.reasons);
-    zhashx_destroy (&self.execs);
-    route_destroy (&self.route);
-    return rc;
+    zhashx_set_destructor (self->execs, (zhashx_destructor_fn *) s_exec_destroy);
+    self->retry_base_ms = ccm_config_int (config, "router.retry_base_ms");
+    if (self->retry_base_ms < 1)
+        self->retry_base_ms = 1;
+    self->max_attempts = (int) ccm_config_int (config, "store.max_attempts");
+    self->wait_connection_s = ccm_config_int (config, "router.wait_connection_s");
+    self->watchdog = ccm_notify_watchdog_ms () > 0;
+    snprintf (self->sync_state, sizeof self->sync_state, "LocalOnly");
+    const char *endpoint = ccm_config_str (config, "router.endpoint");
+    self->loop = zloop_new ();
+    //  Every request is resent until the store answers (same idem).
+    self->store = ccm_req_new (self->loop, ccm_config_str (config, "store.endpoint"),
+                               (int) ccm_config_int (config, "bus.timeout_ms"), -1, S_WINDOW);
+    self->dispatch = ccm_bus_router_bind (endpoint, S_MAX_MESSAGE);
+    self->events = ccm_bus_sub_connect (ccm_config_str (config, "store.pub_endpoint"), "task.");
+    if (!self->store || !self->dispatch || !self->events) {
+        ccm_error ("cannot start: %s", !self->dispatch ? endpoint : "the store's sockets");
+        router_destroy (&self);
+        return NULL;
+    }
+    zsock_set_subscribe (self->events, "systems.");
+    zsock_set_subscribe (self->events, "contexts.");
+    zsock_set_subscribe (self->events, "sync.state");
+    zloop_reader (self->loop, self->dispatch, s_dispatch_readable, self);
+    zloop_reader (self->loop, self->events, s_event, self);
+    zloop_timer (self->loop, (size_t) self->heartbeat_ms, 0, s_tick, self);
+    return self;
+}
+
+int
+router_run (router_t *self)
+{
+    //  What it serves from comes first: the executors, their contexts and
+    //  their running tasks, and the sync state. Beats are answered meanwhile.
+    s_load_systems (self);
+    s_read (self, "sync.state", cJSON_CreateObject (), s_sync_read, self);
+    ccm_req_flush (self->store, (int) ccm_config_int (self->config, "bus.timeout_ms"));
+    ccm_info ("ready: executors on %s, heartbeat %lld ms, liveness %d",
+              ccm_config_str (self->config, "router.endpoint"), (long long) self->heartbeat_ms,
+              self->liveness);
+    ccm_notify ("READY=1");
+    zloop_start (self->loop);
+    return 0;
+}
+
+void
+router_destroy (router_t **self_p)
+{
+    if (self_p && *self_p) {
+        router_t *self = *self_p;
+        ccm_req_destroy (&self->store);
+        zloop_destroy (&self->loop);
+        zsock_destroy (&self->events);
+        zsock_destroy (&self->dispatch);
+        zhashx_t **maps[] = {&self->execs,    &self->reasons, &self->deferred,
+                             &self->retries,  &self->running, &self->keys,
+                             &self->waitconn, &self->placing, &self->queued};
+        for (size_t i = 0; i < sizeof maps / sizeof maps[0]; i++)
+            zhashx_destroy (maps[i]);
+        route_destroy (&self->route);
+        free (self);
+        *self_p = NULL;
+    }
 }

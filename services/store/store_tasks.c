@@ -700,28 +700,56 @@ store_task_list (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
 
 //  Refuses (conflict) a move by an executor that no longer holds the task:
 //  it was requeued (its executor went offline) and maybe runs elsewhere.
+//  With attempt (>= 0), the move must also be of the task's current
+//  attempt: a stale attempt's agent, placed again since, speaks no more.
 static int
-s_check_holder (store_t *self, const char *id, const char *held_by, ccm_error_t *err)
+s_check_holder (store_t *self, const char *id, const char *held_by, int64_t attempt,
+                ccm_error_t *err)
 {
-    sqlite3_stmt *stmt = store_db_prepare (self->db, "SELECT locked_by FROM tasks WHERE id = ?");
+    sqlite3_stmt *stmt =
+        store_db_prepare (self->db, "SELECT locked_by, attempts FROM tasks WHERE id = ?");
     if (!stmt)
         return store_db_fail (self, err, "held_by");
     sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
     char holder[129] = "";
-    if (sqlite3_step (stmt) == SQLITE_ROW && sqlite3_column_text (stmt, 0))
-        snprintf (holder, sizeof holder, "%s", sqlite3_column_text (stmt, 0));
+    int64_t attempts = -1;
+    if (sqlite3_step (stmt) == SQLITE_ROW) {
+        if (sqlite3_column_text (stmt, 0))
+            snprintf (holder, sizeof holder, "%s", sqlite3_column_text (stmt, 0));
+        attempts = sqlite3_column_int64 (stmt, 1);
+    }
     sqlite3_finalize (stmt);
-    if (strcmp (holder, held_by) == 0)
-        return 0;
-    return ccm_fail (err, "conflict", "held_by",
-                     "held_by: task %.8s is not held by system %.36s any more (%s%.36s)", id,
-                     held_by, *holder ? "now by system " : "it was requeued", holder);
+    if (strcmp (holder, held_by) != 0)
+        return ccm_fail (err, "conflict", "held_by",
+                         "held_by: task %.8s is not held by system %.36s any more (%s%.36s)", id,
+                         held_by, *holder ? "now by system " : "it was requeued", holder);
+    if (attempt >= 0 && attempt != attempts)
+        return ccm_fail (err, "conflict", "attempt",
+                         "attempt: task %.8s is at attempt %lld; attempt %lld is stale (the task"
+                         " was requeued and placed again)",
+                         id, (long long) attempts, (long long) attempt);
+    return 0;
+}
+
+//  Reads the optional held_by and attempt fencing of a write by an
+//  executor and checks them; attempt needs held_by.
+static int
+s_fence (store_t *self, cJSON *body, const char *id, ccm_error_t *err)
+{
+    const char *held_by = NULL;
+    int64_t attempt = -1;
+    if (ccm_get_string (body, "held_by", false, 128, &held_by, err)
+        || ccm_get_int (body, "attempt", false, 0, 1000000, &attempt, err))
+        return -1;
+    if (attempt >= 0 && !held_by)
+        return ccm_fail (err, "missing_field", "held_by", "held_by: required with attempt");
+    return held_by ? s_check_holder (self, id, held_by, attempt, err) : 0;
 }
 
 int
 store_task_transition (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
 {
-    const char *ref = NULL, *to = NULL, *reason = NULL, *locked_by = NULL, *held_by = NULL;
+    const char *ref = NULL, *to = NULL, *reason = NULL, *locked_by = NULL;
     cJSON *result = NULL;
     char id[CCM_UUID_LEN + 1];
     if (ccm_get_string (body, "task", true, 64, &ref, err)
@@ -729,9 +757,7 @@ store_task_transition (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *er
         || ccm_get_string (body, "reason", false, 4096, &reason, err)
         || ccm_get_object (body, "result", false, &result, err)
         || ccm_get_string (body, "locked_by", false, 128, &locked_by, err)
-        || ccm_get_string (body, "held_by", false, 128, &held_by, err)
-        || store_task_resolve (self, "task", ref, id, err)
-        || (held_by && s_check_holder (self, id, held_by, err)))
+        || store_task_resolve (self, "task", ref, id, err) || s_fence (self, body, id, err))
         return -1;
     return store_task_move (self, id, to, reason, result, locked_by, reply, err);
 }
@@ -744,7 +770,8 @@ store_task_result (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
     char id[CCM_UUID_LEN + 1];
     if (ccm_get_string (body, "task", true, 64, &ref, err)
         || ccm_get_object (body, "result", true, &result, err)
-        || store_task_resolve (self, "task", ref, id, err) || s_add_result (self, id, result, err))
+        || store_task_resolve (self, "task", ref, id, err) || s_fence (self, body, id, err)
+        || s_add_result (self, id, result, err))
         return -1;
     cJSON_AddStringToObject (reply, "task_id", id);
     return 0;

@@ -42,7 +42,7 @@ class TestPlainTcp(test_curve.CurveTestCase):
 
     def test_plain_on_loopback_runs_a_task(self):
         hub, worker = self.home("hub"), self.home("worker")  # no keys at all
-        hub_env = self.env(hub, CCM_BUS_CURVE="off", CCM_ROUTER_HEARTBEAT_MS="200")
+        hub_env = self.env(hub, CCM_BUS_CURVE="off", CCM_ROUTER_HEARTBEAT_MS="500")
         self.start("ccm-store", hub, hub_env)
         tx.wait_for("the store", lambda: "ready" in self.log(hub, "ccm-store"), 15)
         self.start("ccm-router", hub, hub_env)

@@ -93,7 +93,7 @@ class CurveTestCase(unittest.TestCase):
         hub = self.home("hub")
         self.hub_key = self.keys(hub)
         hub_env = self.env(hub, CCM_BUS_SERVER_KEY=os.path.join(hub, "keys", "ccm.cert"),
-                           CCM_ROUTER_HEARTBEAT_MS="200")
+                           CCM_ROUTER_HEARTBEAT_MS="500")
         self.start("ccm-store", hub, hub_env)
         tx.wait_for("the hub's store", lambda: self.cli(hub, "status", env=hub_env)[0] == 0
                     or "ready" in self.log(hub, "ccm-store"), 15)
@@ -105,7 +105,7 @@ class CurveTestCase(unittest.TestCase):
         return self.env(worker, CCM_BUS_SERVER_KEY=os.path.join(self.root, "hub", "keys",
                                                                 "ccm.cert"),
                         CCM_EXECUTOR_MACHINE_ID=f"{name}-machine", CCM_EXECUTOR_HOSTNAME=name,
-                        CCM_EXECUTOR_POLL_MS="100", CCM_ROUTER_HEARTBEAT_MS="200",
+                        CCM_EXECUTOR_POLL_MS="100", CCM_ROUTER_HEARTBEAT_MS="500",
                         CCM_EXECUTOR_TMUX_SOCKET=os.path.join(worker, "run", "tmux.sock"))
 
 

@@ -125,13 +125,19 @@ class ExecutorTestCase(ccmtest.CcmTestCase):
             return
         # One attempt per task here: these tests count the runs of the
         # executor; the router's retries have their own tests (test_router).
-        env = dict(self.home.env, CCM_STORE_MAX_ATTEMPTS="1")
+        env = dict(self.home.env, CCM_STORE_MAX_ATTEMPTS="1", **self.beat_env())
         with open(self.stderr_path, "ab") as err:
             self.dispatcher = subprocess.Popen(
                 [os.path.join(ccmtest.BIN_DIR, "ccm-router")], env=env,
                 stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=self.home.path)
         sock = os.path.join(self.home.path, "run", "router.ipc")
         wait_for("the router to listen", lambda: os.path.exists(sock), 10)
+
+    # The router's heartbeat, for both router and executors (None: the default).
+    BEAT_MS = None
+
+    def beat_env(self):
+        return {"CCM_ROUTER_HEARTBEAT_MS": str(self.BEAT_MS)} if self.BEAT_MS else {}
 
     def start_executor(self, extra_env=None):
         if not os.access(EXECUTOR_BIN, os.X_OK):
@@ -141,6 +147,7 @@ class ExecutorTestCase(ccmtest.CcmTestCase):
         env = dict(self.home.env)
         env.update({"CCM_EXECUTOR_POLL_MS": "100", "CCM_EXECUTOR_KILL_GRACE_MS": "1000",
                     "CCM_EXECUTOR_MACHINE_ID": self.machine_id, "CCM_EXECUTOR_CAPACITY": "8"})
+        env.update(self.beat_env())
         env.update(extra_env or {})
         with open(self.stderr_path, "ab") as err:
             err.write(f"--- ccm-executor started by the test at {time.time():.3f}\n".encode())
@@ -657,6 +664,10 @@ class TestWorktrees(ExecutorTestCase):
 class TestRestart(ExecutorTestCase):
     """kill -9 of the executor while agents run: a new executor reattaches,
     records every result once, spawns nothing twice."""
+
+    # The executor stays down a few seconds here (an agent finishes
+    # meanwhile): a lease of 2 beats outlasts that, so its agents live on.
+    BEAT_MS = 4000
 
     def kill9_scenario(self):
         """Two agents that sleep then write a file, and one that finishes

@@ -346,7 +346,7 @@ class TestHubAndWorkersInNamespaces(unittest.TestCase):
                          "it ran once")
         self.assertLess(time.monotonic() - cut, 120)
         log = self.log(self.home("w1"), "ccm-executor")
-        self.assertIn("the store does not answer: task.transition", log,
+        self.assertIn("the store has not answered task.transition", log,
                       "the result was held back while the hub was away")
         self.assertIn("task.transition, kept while the store was away, is recorded", log)
         self.assertIn("kept in", log)
@@ -388,7 +388,7 @@ class TestHubAndWorkersInNamespaces(unittest.TestCase):
                          [("complete", 2)])
         self.assertEqual(self.query("SELECT count(*) FROM task_results WHERE task_id = ?", task),
                          [(1,)], "the fenced run recorded nothing")
-        self.assertIn("stopping its agent so that it never runs twice",
+        self.assertIn("its agent is stopped so that the task never runs twice",
                       self.log(self.home(name), "ccm-executor"))
 
 

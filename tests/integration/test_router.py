@@ -20,7 +20,9 @@ import ccmtest
 import test_executor as tx
 
 ROUTER_BIN = os.path.join(ccmtest.BIN_DIR, "ccm-router")
-BEAT_MS = 200
+# The router heartbeat of these tests: a lease of 2 beats (1 s) keeps an agent
+# running through a busy machine's hiccups; an executor is given up after 1.5 s.
+BEAT_MS = 500
 
 
 class RouterTestCase(tx.ExecutorTestCase):
