@@ -73,18 +73,28 @@ ccm_iso_ms (const char *text, int64_t *ms)
     return 0;
 }
 
+static int64_t
+s_clock_ms (clockid_t clock)
+{
+    struct timespec ts;
+    clock_gettime (clock, &ts);
+    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 int64_t
 ccm_wall_ms (void)
 {
-    struct timespec ts;
-    clock_gettime (CLOCK_REALTIME, &ts);
-    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return s_clock_ms (CLOCK_REALTIME);
 }
 
 int64_t
 ccm_mono_ms (void)
 {
-    struct timespec ts;
-    clock_gettime (CLOCK_MONOTONIC, &ts);
-    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return s_clock_ms (CLOCK_MONOTONIC);
+}
+
+int64_t
+ccm_boot_ms (void)
+{
+    return s_clock_ms (CLOCK_BOOTTIME);
 }

@@ -28,4 +28,8 @@ int64_t ccm_wall_ms (void);
 //  Milliseconds on the monotonic clock.
 int64_t ccm_mono_ms (void);
 
+//  Milliseconds of CLOCK_BOOTTIME: monotonic, and counting a suspended
+//  machine's sleep too (leases are measured on it).
+int64_t ccm_boot_ms (void);
+
 #endif

@@ -272,7 +272,7 @@ s_spawn (s_start_t *ctx)
     if (self->router) {
         //  Without a lease in force (the router silent), the attempt may be
         //  given away any moment: not started; a confirmation brings it back.
-        if (exec_boot_ms () >= self->lease_until) {
+        if (ccm_boot_ms () >= self->lease_until) {
             ccm_warn ("task %.8s: not started now: no lease (the router has been silent)",
                       ctx->task_id);
             zhashx_delete (self->attempts, ctx->task_id);

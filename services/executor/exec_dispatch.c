@@ -34,14 +34,6 @@
 
 #define S_RING 16  //  beats remembered, to match their answers
 
-int64_t
-exec_boot_ms (void)
-{
-    struct timespec ts;
-    clock_gettime (CLOCK_BOOTTIME, &ts);
-    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 int
 exec_lease_write (const char *path, int64_t deadline)
 {
@@ -108,7 +100,7 @@ s_beat (exec_t *self)
     cJSON_AddNumberToObject (body, "v", 1);
     cJSON_AddStringToObject (body, "system_id", self->system_id);
     self->beat_seq++;
-    self->beat_sent[self->beat_seq % S_RING] = exec_boot_ms ();
+    self->beat_sent[self->beat_seq % S_RING] = ccm_boot_ms ();
     cJSON_AddNumberToObject (body, "seq", (double) self->beat_seq);
     cJSON *running = cJSON_AddArrayToObject (body, "running");
     for (int i = 0; i < self->nagents; i++)
@@ -220,11 +212,11 @@ exec_dispatch_tick (exec_t *self)
     //  Past the lease, ccm-agent stops each agent by itself; say why once.
     for (int i = 0; i < self->nagents; i++) {
         exec_agent_t *agent = self->agents[i];
-        if (!agent->end_reason && agent->lease_path && exec_boot_ms () > agent->lease_until) {
+        if (!agent->end_reason && agent->lease_path && ccm_boot_ms () > agent->lease_until) {
             ccm_warn ("task %s: attempt %d's lease ran out (the router has not confirmed it for"
                       " %lld ms); its agent is stopped so that the task never runs twice",
                       agent->short_id, agent->attempt,
-                      (long long) (exec_boot_ms () - agent->lease_until + self->lease_ms));
+                      (long long) (ccm_boot_ms () - agent->lease_until + self->lease_ms));
             agent->end_reason = "lease";
         }
     }

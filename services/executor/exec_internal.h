@@ -194,9 +194,6 @@ int exec_lease_write (const char *path, int64_t deadline);
 //  The deadline in a lease file, or 0 if it cannot be read.
 int64_t exec_lease_read (const char *path);
 
-//  Milliseconds of CLOCK_BOOTTIME (the leases' clock).
-int64_t exec_boot_ms (void);
-
 //  exec_claude: Claude Code's start-up and its headless result.
 
 //  Writes the settings file that runs ccm-hook at every hook event.
