@@ -144,6 +144,44 @@ class TestDeadExecutor(FencingTestCase):
         self.assertEqual([a for a, _ in runs], [1, 2])
 
 
+class TestBusyExecutor(FencingTestCase):
+    """The issue's reproduction on one machine: an executor of capacity 8, every
+    core busy (6 CPU hogs at normal priority, like agents), a 3,000-file
+    repository whose worktrees take a while to check out, and 32 tasks at once.
+    Before, its loop blocked in git and stopped beating, the router gave it up,
+    and 19 of 48 tasks were started twice. Now it keeps beating: each task runs
+    exactly once, and no two runs of one task overlap."""
+
+    def test_busy_but_alive_is_not_given_up(self):
+        repo = self.make_repo("big", {f"src/d{i % 30}/f{i}.txt": f"file {i}\n"
+                                      for i in range(3000)})
+        self.add_project("big", repo)
+        hogs = [tx.subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(6)]
+        def stop_hogs():
+            for hog in hogs:
+                hog.kill()
+                hog.wait()
+        self.addCleanup(stop_hogs)
+        # The product's default beat (1 s: a 2 s lease), as a laptop runs it.
+        self.start_router(beat_ms=1000)
+        self.start_system("busy", "big", capacity=8, beat_ms=1000)
+        tasks = [self.long_task(1 + i % 3, project="big") for i in range(32)]
+        for task in tasks:
+            self.wait_status(task, "complete", timeout=240)
+        stop_hogs()
+        for task in tasks:
+            self.assertEqual(self.row(task)[3], 1, f"task {task[:8]} ran more than once")
+            runs = self.assertNoOverlap(task)
+            self.assertEqual([a for a, r in runs if "end" in r], [1])
+        self.assertNotIn("offline", " ".join(
+            r[0] for r in self.home.query("SELECT status FROM systems")))
+        self.assertNotIn("no heartbeat for", self.home_stderr())
+
+    def home_stderr(self):
+        with open(self.stderr_path, errors="replace") as f:
+            return f.read()
+
+
 class TestStaleAttempt(FencingTestCase):
 
     def test_store_refuses_a_stale_attempt(self):

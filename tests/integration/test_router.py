@@ -45,8 +45,8 @@ class RouterTestCase(tx.ExecutorTestCase):
             self.router.terminate()
             self.router.wait(10)
 
-    def start_router(self, **extra):
-        env = dict(self.home.env, CCM_ROUTER_HEARTBEAT_MS=str(BEAT_MS), **extra)
+    def start_router(self, beat_ms=BEAT_MS, **extra):
+        env = dict(self.home.env, CCM_ROUTER_HEARTBEAT_MS=str(beat_ms), **extra)
         with open(self.stderr_path, "ab") as err:
             self.router = subprocess.Popen([ROUTER_BIN], env=env, stdin=subprocess.DEVNULL,
                                            stdout=err, stderr=err, cwd=self.home.path)
@@ -54,7 +54,7 @@ class RouterTestCase(tx.ExecutorTestCase):
         tx.wait_for("the router to listen", lambda: os.path.exists(sock), 10,
                     diagnose=self.diagnose)
 
-    def start_system(self, name, projects, tags="", capacity=2, machine=None):
+    def start_system(self, name, projects, tags="", capacity=2, machine=None, beat_ms=BEAT_MS):
         machine = machine or f"{name}-{uuid.uuid4().hex[:8]}"
         sock = os.path.join(self.home.path, "run", f"tmux-{name}.sock")
         env = dict(self.home.env)
@@ -64,7 +64,7 @@ class RouterTestCase(tx.ExecutorTestCase):
                     "CCM_EXECUTOR_PROJECTS": projects, "CCM_EXECUTOR_DISPATCH": "router",
                     "CCM_EXECUTOR_TMUX_SOCKET": sock,
                     "CCM_EXECUTOR_LOGS": os.path.join(self.home.path, f"logs-{name}"),
-                    "CCM_ROUTER_HEARTBEAT_MS": str(BEAT_MS)})
+                    "CCM_ROUTER_HEARTBEAT_MS": str(beat_ms)})
         with open(self.stderr_path, "ab") as err:
             err.write(f"--- ccm-executor {name} started by the test\n".encode())
             err.flush()
