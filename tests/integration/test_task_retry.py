@@ -2,8 +2,8 @@
 "Retries" under task.transition): a failed run with attempts left gets
 retry_at and a reason saying when; a final failure reads differently;
 task.list's retry_due lists only the due ones; a transition with "from" is
-refused, changing nothing, unless the task is in that status. Against a
-real ccm-store."""
+refused, changing nothing, unless the task is in that status; and the CLI's
+task show and task retry say and do the same. Against a real ccm-store."""
 
 import datetime
 import json
@@ -286,6 +286,42 @@ class FromIsChecked(RetryCase):
             self.assertEqual(self.store.head(), head, f"{status}: an event was written")
         # Without "from", a running task may still be requeued (by the router).
         self.assertEqual(self.move(executing, "queued")["status"], "queued")
+
+
+class Cli(RetryCase):
+    BASE_MS = 60000  # the retry stays ahead while the CLI looks
+
+    def test_task_show_and_retry(self):
+        tid = self.add("flaky")["id"]
+        failed = self.run_and_fail(tid)
+        rc, out, err = self.store.run_cli("task", "show", tid[:8])
+        self.assertEqual(rc, 0, err)
+        lines = dict(line.split(None, 1) for line in out.splitlines()[:12] if " " in line)
+        self.assertEqual(lines["status"], "failed")
+        self.assertEqual(lines["status_reason"], failed["status_reason"])
+        self.assertTrue(lines["status_reason"].startswith("retry 2 of 3 at "), out)
+        self.assertEqual(lines["attempts"], "1 of 3")
+        self.assertRegex(lines["retry"], r"^attempt 2 of 3 at \d\d:\d\d:\d\d local time \(" +
+                         failed["retry_at"].replace(".", r"\.") + r"\), in \d+ s$")
+        rc, out, err = self.store.run_cli("--json", "task", "show", tid[:8])
+        self.assertEqual(rc, 0, err)
+        task = json.loads(out)["task"]
+        self.assertEqual((task["retry_at"], task["attempts"], task["max_attempts"]),
+                         (failed["retry_at"], 1, 3))
+
+        # ccm task retry: a failed task goes back now; anything else is refused.
+        rc, out, err = self.store.run_cli("task", "retry", tid[:8])
+        self.assertEqual((rc, out.strip()), (0, f"{tid} queued"), err)
+        self.assertEqual(self.row(tid), ("queued", "retried from the CLI", 1, None))
+        rc, out, err = self.store.run_cli("task", "show", tid[:8])
+        self.assertNotIn("\nretry ", out)
+        self.move(tid, "assigned")
+        self.move(tid, "executing")
+        before = self.row(tid)
+        rc, out, err = self.store.run_cli("task", "retry", tid[:8])
+        self.assertNotEqual(rc, 0)
+        self.assertIn("is executing, not failed", err)
+        self.assertEqual(self.row(tid), before)
 
 
 if __name__ == "__main__":
