@@ -29,6 +29,7 @@ static const char s_help[] =
     "  task list [--status S] [--project P] [--limit N]\n"
     "  task show ID                  a task and its events (ID: a unique prefix works)\n"
     "  task cancel ID\n"
+    "  task retry ID                 a failed task (with attempts left) back to the queue\n"
     "  events [--since SEQ] [--follow] [--task ID]\n"
     "  worktree list [--status S] | merge ID | discard ID [--force] | prune\n"
     "  logs ID [--follow]            the agent's full output\n"

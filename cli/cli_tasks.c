@@ -3,12 +3,14 @@
 #include "cli.h"
 
 #include "ccm_bus.h"
+#include "ccm_id.h"
 
 #include <czmq.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 //  Returns the value after option argv[*i] or NULL (and a usage message).
 static const char *
@@ -397,6 +399,33 @@ s_attach (cli_t *cli, cJSON *reply, const char *verb, const char *key, const cha
     cJSON_Delete (answer);
 }
 
+//  A failed task that will be tried again says when, in this machine's
+//  local time (status_reason has it in UTC) and from now.
+static void
+s_print_retry (cJSON *task)
+{
+    const char *retry_at =
+        cJSON_GetStringValue (cJSON_GetObjectItemCaseSensitive (task, "retry_at"));
+    int64_t due_ms;
+    if (!retry_at || ccm_iso_ms (retry_at, &due_ms))
+        return;
+    time_t secs = (time_t) (due_ms / 1000);
+    struct tm tm;
+    char clock[16];
+    strftime (clock, sizeof clock, "%H:%M:%S", localtime_r (&secs, &tm));
+    int64_t wait_s = (due_ms - ccm_wall_ms () + 999) / 1000;
+    char when[32];
+    if (wait_s > 0)
+        snprintf (when, sizeof when, "in %lld s", (long long) wait_s);
+    else
+        snprintf (when, sizeof when, "due now");
+    cJSON *attempts = cJSON_GetObjectItemCaseSensitive (task, "attempts");
+    cJSON *max = cJSON_GetObjectItemCaseSensitive (task, "max_attempts");
+    printf ("%-14s attempt %d of %d at %s local time (%s), %s\n", "retry",
+            cJSON_IsNumber (attempts) ? attempts->valueint + 1 : 0,
+            cJSON_IsNumber (max) ? max->valueint : 0, clock, retry_at, when);
+}
+
 static int
 s_task_show (cli_t *cli, int argc, char **argv)
 {
@@ -427,10 +456,15 @@ s_task_show (cli_t *cli, int argc, char **argv)
                             NULL};
     for (const char **f = fields; *f; f++) {
         cJSON *item = cJSON_GetObjectItemCaseSensitive (task, *f);
-        if (cJSON_IsString (item))
+        cJSON *max = cJSON_GetObjectItemCaseSensitive (task, "max_attempts");
+        if (strcmp (*f, "attempts") == 0 && cJSON_IsNumber (item) && cJSON_IsNumber (max))
+            printf ("%-14s %d of %d\n", *f, item->valueint, max->valueint);
+        else if (cJSON_IsString (item))
             printf ("%-14s %s\n", *f, item->valuestring);
         else if (cJSON_IsNumber (item))
             printf ("%-14s %d\n", *f, item->valueint);
+        if (strcmp (*f, "status") == 0)
+            s_print_retry (task);
     }
     //  What the task waits for, and what it must run on.
     cJSON *dep;
@@ -499,6 +533,34 @@ s_task_cancel (cli_t *cli, int argc, char **argv)
     return 0;
 }
 
+//  Puts a failed task back in the queue now. The store checks that it is
+//  failed in the same transaction as the move: a task that runs (or that
+//  the router has just requeued) is refused, never queued twice.
+static int
+s_task_retry (cli_t *cli, int argc, char **argv)
+{
+    if (argc != 1)
+        return cli_usage ("usage: ccm task retry ID");
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "task", argv[0]);
+    cJSON_AddStringToObject (body, "from", "failed");
+    cJSON_AddStringToObject (body, "to", "queued");
+    cJSON_AddStringToObject (body, "reason", "retried from the CLI");
+    ccm_client_add_idem (body);
+    cJSON *reply;
+    int rc = cli_call (cli, "task.transition", body, &reply);
+    cJSON_Delete (body);
+    if (rc)
+        return rc;
+    cJSON *task = cJSON_GetObjectItemCaseSensitive (reply, "task");
+    if (cli->json)
+        cli_print_json (task);
+    else
+        printf ("%s %s\n", cli_str (task, "id"), cli_str (task, "status"));
+    cJSON_Delete (reply);
+    return 0;
+}
+
 int
 cli_cmd_task (cli_t *cli, int argc, char **argv)
 {
@@ -511,7 +573,9 @@ cli_cmd_task (cli_t *cli, int argc, char **argv)
         return s_task_show (cli, argc - 1, argv + 1);
     if (strcmp (sub, "cancel") == 0)
         return s_task_cancel (cli, argc - 1, argv + 1);
-    return cli_usage ("usage: ccm task add|list|show|cancel ...");
+    if (strcmp (sub, "retry") == 0)
+        return s_task_retry (cli, argc - 1, argv + 1);
+    return cli_usage ("usage: ccm task add|list|show|cancel|retry ...");
 }
 
 static void

@@ -599,14 +599,18 @@ s_task_cancel (s_worker_t *self, cJSON *req, ccm_error_t *err)
     return s_forward (self, req, "task.cancel", fields, true, err);
 }
 
+//  Only a failed task goes back to the queue: the store checks its status
+//  and moves it in one transaction ("from": "failed"), so a task that runs
+//  (or has just been requeued by the router) is never queued twice.
 static cJSON *
 s_task_retry (s_worker_t *self, cJSON *req, ccm_error_t *err)
 {
-    char id[64];
-    if (s_task_id (self, req, id, sizeof id, NULL, err))
+    const char *ref = NULL;
+    if (ccm_get_string (req, "task", true, 64, &ref, err))
         return NULL;
     cJSON *body = cJSON_CreateObject ();
-    cJSON_AddStringToObject (body, "task", id);
+    cJSON_AddStringToObject (body, "task", ref);
+    cJSON_AddStringToObject (body, "from", "failed");
     cJSON_AddStringToObject (body, "to", "queued");
     cJSON_AddStringToObject (body, "reason", "retried from the gateway");
     cJSON *idem = cJSON_GetObjectItem (req, "idem");
@@ -614,6 +618,17 @@ s_task_retry (s_worker_t *self, cJSON *req, ccm_error_t *err)
         cJSON_AddStringToObject (body, "idem", idem->valuestring);
     cJSON *reply = s_store (self, "task.transition", body, true, err);
     cJSON_Delete (body);
+    //  The request named the task, not a state: so does the refusal.
+    if (!reply && (strcmp (err->field, "from") == 0 || strcmp (err->field, "to") == 0)) {
+        const char *why = err->message;
+        if (strncmp (why, "from: ", 6) == 0)
+            why += 6;
+        char message[sizeof err->message];
+        snprintf (message, sizeof message,
+                  "task: only a failed task with attempts left can be retried; %.400s", why);
+        snprintf (err->message, sizeof err->message, "%s", message);
+        snprintf (err->field, sizeof err->field, "task");
+    }
     return reply;
 }
 

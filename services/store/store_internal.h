@@ -32,6 +32,7 @@ struct _store_t {
     int lock_fd;            //  flock on run/store.lock: one store per home
     int64_t published_seq;  //  newest seq sent on the PUB socket
     int max_attempts;
+    int64_t retry_base_ms;  //  first backoff of a failed task (router.retry_base_ms)
     size_t max_body;
     int batch_max;
     int64_t batch_rows;  //  most hook rows in one group commit
@@ -75,11 +76,14 @@ void store_db_now (char now[32]);
 int64_t store_db_last_seq (sqlite3 *db);
 
 //  One task as protocol.md's TASK object, from tasks t LEFT JOIN projects p.
+//  ccm_max_attempts() is the store's store.max_attempts (a function of the
+//  store's own connection, see store_new).
 #define STORE_TASK_JSON                                                                            \
     "json_object('id', t.id, 'short_id', substr(t.id, 1, 8), 'project_id', t.project_id,"          \
     " 'project', p.name, 'system_id', t.system_id, 'parent_task_id', t.parent_task_id,"            \
     " 'task_type', t.task_type, 'status', t.status, 'status_reason', t.status_reason,"             \
     " 'prompt', t.prompt, 'priority', t.priority, 'attempts', t.attempts,"                         \
+    " 'max_attempts', ccm_max_attempts(), 'retry_at', t.retry_at,"                                 \
     " 'requires_project', t.requires_project,"                                                     \
     " 'requires_context_metadata', json(t.requires_context_metadata),"                             \
     " 'metadata', json(t.metadata), 'input_data', json(t.input_data),"                             \

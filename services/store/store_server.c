@@ -366,6 +366,27 @@ s_prepare_all (store_t *self)
                : -1;
 }
 
+//  ccm_max_attempts(): store.max_attempts, for the TASK JSON's max_attempts.
+static void
+s_max_attempts (sqlite3_context *context, int argc, sqlite3_value **argv)
+{
+    (void) argc, (void) argv;
+    store_t *self = sqlite3_user_data (context);
+    sqlite3_result_int (context, self->max_attempts);
+}
+
+//  The SQL functions of the store's connection. Returns 0 or -1.
+static int
+s_functions (store_t *self)
+{
+    int rc = sqlite3_create_function (self->db, "ccm_max_attempts", 0,
+                                      SQLITE_UTF8 | SQLITE_DETERMINISTIC, self, s_max_attempts,
+                                      NULL, NULL);
+    if (rc != SQLITE_OK)
+        ccm_error ("sqlite3_create_function: %s", sqlite3_errmsg (self->db));
+    return rc == SQLITE_OK ? 0 : -1;
+}
+
 store_t *
 store_new (ccm_config_t *config, char **error)
 {
@@ -376,6 +397,12 @@ store_new (ccm_config_t *config, char **error)
     self->config = config;
     self->lock_fd = -1;
     self->max_attempts = (int) ccm_config_int (config, "store.max_attempts");
+    //  The store keeps the retry schedule; the router's key names its base.
+    self->retry_base_ms = ccm_config_int (config, "router.retry_base_ms");
+    if (self->retry_base_ms < 1)
+        self->retry_base_ms = 1;
+    //  Only the retries' jitter draws from random ().
+    srandom ((unsigned) (zclock_time () ^ getpid ()));
     self->max_body = (size_t) ccm_config_int (config, "store.max_body");
     self->batch_max = (int) ccm_config_int (config, "store.batch_max");
     if (self->batch_max < 1)
@@ -397,7 +424,7 @@ store_new (ccm_config_t *config, char **error)
     }
     self->db = store_db_open (ccm_config_str (config, "store.db_path"),
                               ccm_config_str (config, "store.synchronous"), error);
-    if (!self->db || s_prepare_all (self)) {
+    if (!self->db || s_functions (self) || s_prepare_all (self)) {
         if (!*error && asprintf (error, "cannot prepare statements") < 0)
             *error = NULL;
         store_destroy (&self);

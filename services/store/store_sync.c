@@ -349,9 +349,11 @@ s_task_update (store_t *self, cJSON *row, const char *upd, bool cancel_only)
         self->db,
         cancel_only
             ? "UPDATE tasks SET status = 'cancelled', status_reason = ?2, completed_at ="
-              " coalesce(?6, " S_NOW "), locked_at = NULL, locked_by = NULL, updated_at = ?9"
-              " WHERE id = ?1"
+              " coalesce(?6, " S_NOW "), locked_at = NULL, locked_by = NULL, retry_at = NULL,"
+              " updated_at = ?9 WHERE id = ?1"
+            //  Its runner, elsewhere, keeps its retry schedule: none here.
             : "UPDATE tasks SET status = ?3, status_reason = ?2, attempts = coalesce(?4, attempts),"
+              " retry_at = NULL,"
               " started_at = ?5, completed_at = ?6, locked_at = ?7, locked_by = ?8,"
               " updated_at = ?9 WHERE id = ?1 AND (status IS NOT ?3 OR status_reason IS NOT ?2"
               " OR attempts IS NOT ?4 OR started_at IS NOT ?5 OR completed_at IS NOT ?6)");

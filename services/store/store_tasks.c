@@ -5,6 +5,7 @@
 #include "ccm_id.h"
 #include "ccm_log.h"
 #include "store_fsm.h"
+#include "store_retry.h"
 
 #include <unistd.h>
 
@@ -276,9 +277,12 @@ s_add_result (store_t *self, const char *id, cJSON *result, ccm_error_t *err)
     return rc == SQLITE_DONE ? 0 : store_db_fail (self, err, "result");
 }
 
-int
-store_task_move (store_t *self, const char *id, const char *to, const char *reason, cJSON *result,
-                 const char *locked_by, cJSON *reply, ccm_error_t *err)
+//  store_task_move, plus: expect, the status the task must be in (NULL: any),
+//  read in the same transaction as the move, so that nothing can change it
+//  in between; final, the caller's word that a failure is not worth a retry.
+static int
+s_move (store_t *self, const char *id, const char *to, const char *reason, cJSON *result,
+        const char *locked_by, const char *expect, bool final, cJSON *reply, ccm_error_t *err)
 {
     sqlite3_stmt *stmt =
         store_db_prepare (self->db, "SELECT status, attempts FROM tasks WHERE id = ?");
@@ -294,6 +298,9 @@ store_task_move (store_t *self, const char *id, const char *to, const char *reas
     int attempts = sqlite3_column_int (stmt, 1);
     sqlite3_finalize (stmt);
 
+    if (expect && strcmp (from, expect) != 0)
+        return ccm_fail (err, "illegal_transition", "from", "from: task %.8s is %s, not %s", id,
+                         from, expect);
     char why[256];
     if (store_fsm_check (from, to, attempts, self->max_attempts, why, sizeof why))
         return ccm_fail (err, "illegal_transition", "to", "%s", why);
@@ -316,8 +323,26 @@ store_task_move (store_t *self, const char *id, const char *to, const char *reas
         sqlite3_finalize (stmt);
     }
 
+    //  A failed run is tried again later: the store keeps when (retry_at,
+    //  cleared by any other move), and the reason says so; the last failure
+    //  says it was the last. An agent killed at its timeout_s had its time.
+    char retry_at[32] = "", status_reason[4200];
+    const char *stored_reason = reason;
+    if (strcmp (to, "failed") == 0) {
+        const char *ended =
+            cJSON_GetStringValue (cJSON_GetObjectItemCaseSensitive (result, "status"));
+        bool timed_out = ended && strcmp (ended, "timeout") == 0;
+        if (store_retry_wanted (from, attempts, self->max_attempts, final || timed_out))
+            store_retry_iso (ccm_wall_ms ()
+                                 + store_retry_delay_ms (self->retry_base_ms, attempts, random ()),
+                             retry_at);
+        store_retry_reason (status_reason, sizeof status_reason, reason, from, attempts,
+                            self->max_attempts, *retry_at ? retry_at : NULL);
+        stored_reason = *status_reason ? status_reason : NULL;
+    }
+
     stmt = store_db_prepare (
-        self->db, "UPDATE tasks SET status = ?2, status_reason = ?3,"
+        self->db, "UPDATE tasks SET status = ?2, status_reason = ?3, retry_at = ?5,"
                   " attempts = attempts + (?2 = 'assigned'),"
                   " updated_at = " S_NOW ","
                   " started_at = CASE WHEN ?2 = 'executing' THEN " S_NOW " ELSE started_at END,"
@@ -334,8 +359,9 @@ store_task_move (store_t *self, const char *id, const char *to, const char *reas
         return store_db_fail (self, err, "task.transition");
     sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
     sqlite3_bind_text (stmt, 2, to, -1, SQLITE_STATIC);
-    store_db_bind_text (stmt, 3, reason);
+    store_db_bind_text (stmt, 3, stored_reason);
     store_db_bind_text (stmt, 4, locked_by);
+    store_db_bind_text (stmt, 5, *retry_at ? retry_at : NULL);
     int rc = sqlite3_step (stmt);
     sqlite3_finalize (stmt);
     if (rc != SQLITE_DONE)
@@ -346,10 +372,11 @@ store_task_move (store_t *self, const char *id, const char *to, const char *reas
     char event_id[CCM_UUID_LEN + 1];
     ccm_uuid (event_id);
     stmt = store_db_prepare (
-        self->db,
-        "INSERT INTO task_events (id, task_id, event_type, event_data)"
-        " SELECT ?1, ?2, ?3, json_object('from', ?4, 'to', ?5, 'reason', ?6, 'attempts', attempts)"
-        " FROM tasks WHERE id = ?2");
+        self->db, "INSERT INTO task_events (id, task_id, event_type, event_data)"
+                  " SELECT ?1, ?2, ?3, CASE WHEN ?7 IS NULL"
+                  " THEN json_object('from', ?4, 'to', ?5, 'reason', ?6, 'attempts', attempts)"
+                  " ELSE json_object('from', ?4, 'to', ?5, 'reason', ?6, 'attempts', attempts,"
+                  " 'retry_at', ?7) END FROM tasks WHERE id = ?2");
     if (!stmt)
         return store_db_fail (self, err, "task.transition");
     sqlite3_bind_text (stmt, 1, event_id, -1, SQLITE_STATIC);
@@ -358,11 +385,19 @@ store_task_move (store_t *self, const char *id, const char *to, const char *reas
     sqlite3_bind_text (stmt, 4, from, -1, SQLITE_STATIC);
     sqlite3_bind_text (stmt, 5, to, -1, SQLITE_STATIC);
     store_db_bind_text (stmt, 6, reason);
+    store_db_bind_text (stmt, 7, *retry_at ? retry_at : NULL);
     rc = sqlite3_step (stmt);
     sqlite3_finalize (stmt);
     if (rc != SQLITE_DONE)
         return store_db_fail (self, err, "task.transition");
     return reply ? s_add_task (self, id, reply, "task", err) : 0;
+}
+
+int
+store_task_move (store_t *self, const char *id, const char *to, const char *reason, cJSON *result,
+                 const char *locked_by, cJSON *reply, ccm_error_t *err)
+{
+    return s_move (self, id, to, reason, result, locked_by, NULL, false, reply, err);
 }
 
 //  Records that task_id depends on each task named in refs (ids or
@@ -656,23 +691,31 @@ store_task_list (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
 {
     const char *status = NULL, *project = NULL, *parent = NULL;
     int64_t limit = 100, offset = 0;
+    bool retry_due = false;
     if (ccm_get_enum (body, "status", false, store_fsm_statuses, &status, err)
         || ccm_get_string (body, "project", false, 128, &project, err)
         || ccm_get_string (body, "parent", false, 64, &parent, err)
         || ccm_get_int (body, "limit", false, 1, 1000, &limit, err)
-        || ccm_get_int (body, "offset", false, 0, INT32_MAX, &offset, err))
+        || ccm_get_int (body, "offset", false, 0, INT32_MAX, &offset, err)
+        || ccm_get_bool (body, "retry_due", false, &retry_due, err))
         return -1;
     char project_id[CCM_UUID_LEN + 1] = "", project_name[65], parent_id[CCM_UUID_LEN + 1];
     if (project && s_resolve_project (self, "project", project, project_id, project_name, err))
         return -1;
     if (parent && store_task_resolve (self, "parent", parent, parent_id, err))
         return -1;
-    const char *where = " WHERE (?1 IS NULL OR t.status = ?1) AND (?2 IS NULL OR t.project_id = ?2)"
-                        " AND (?5 IS NULL OR t.parent_task_id = ?5)";
-    char sql[2048];
-    snprintf (sql, sizeof sql,
-              "SELECT %s%s ORDER BY t.created_at DESC, t.rowid DESC LIMIT ?3 OFFSET ?4",
-              STORE_TASK_JSON, where);
+    //  retry_due: the failed tasks whose retry is due, the longest due first
+    //  (the router requeues them); retry_at is set only on failed tasks.
+    //  Spelt out rather than bound, so that the router's poll each beat is a
+    //  walk of the tasks_retry_due index, not a scan of every task.
+    char where[512];
+    snprintf (where, sizeof where,
+              " WHERE (?1 IS NULL OR t.status = ?1) AND (?2 IS NULL OR t.project_id = ?2)"
+              " AND (?5 IS NULL OR t.parent_task_id = ?5)%s",
+              retry_due ? " AND t.retry_at <= " S_NOW " AND t.status = 'failed'" : "");
+    char sql[4096];
+    snprintf (sql, sizeof sql, "SELECT %s%s ORDER BY %s LIMIT ?3 OFFSET ?4", STORE_TASK_JSON, where,
+              retry_due ? "t.retry_at, t.rowid" : "t.created_at DESC, t.rowid DESC");
     sqlite3_stmt *stmt = store_db_prepare (self->db, sql);
     if (!stmt)
         return store_db_fail (self, err, "task.list");
@@ -749,17 +792,20 @@ s_fence (store_t *self, cJSON *body, const char *id, ccm_error_t *err)
 int
 store_task_transition (store_t *self, cJSON *body, cJSON *reply, ccm_error_t *err)
 {
-    const char *ref = NULL, *to = NULL, *reason = NULL, *locked_by = NULL;
+    const char *ref = NULL, *to = NULL, *reason = NULL, *locked_by = NULL, *from = NULL;
     cJSON *result = NULL;
+    bool final = false;
     char id[CCM_UUID_LEN + 1];
     if (ccm_get_string (body, "task", true, 64, &ref, err)
         || ccm_get_enum (body, "to", true, store_fsm_statuses, &to, err)
+        || ccm_get_enum (body, "from", false, store_fsm_statuses, &from, err)
         || ccm_get_string (body, "reason", false, 4096, &reason, err)
         || ccm_get_object (body, "result", false, &result, err)
         || ccm_get_string (body, "locked_by", false, 128, &locked_by, err)
+        || ccm_get_bool (body, "final", false, &final, err)
         || store_task_resolve (self, "task", ref, id, err) || s_fence (self, body, id, err))
         return -1;
-    return store_task_move (self, id, to, reason, result, locked_by, reply, err);
+    return s_move (self, id, to, reason, result, locked_by, from, final, reply, err);
 }
 
 int

@@ -614,6 +614,79 @@ class GatewayTest(ccmtest.CcmTestCase):
         self.assertTrue(gw.alive())
 
 
+    # ------------------------------------------------------------ task.retry
+
+    def move(self, tid, *steps, **fields):
+        for to in steps:
+            self.home.ok("task.transition", task=tid, to=to, **fields)
+
+    def snapshot(self, tid):
+        return self.home.query("SELECT status, status_reason, attempts, retry_at, locked_by,"
+                               " updated_at FROM tasks WHERE id = ?", tid)
+
+    def test_retry_checks_the_status(self):
+        """task.retry requeues only a failed task with attempts left; any other
+        status is refused with illegal_transition, naming it, and changes nothing."""
+        gw = self.gateway()
+        add = lambda prompt, **f: self.home.ok("task.add", prompt=prompt, **f)["task"]["id"]
+        tasks = {"queued": add("waits"), "created": add("held", hold=True)}
+        tasks["assigned"] = add("placed")
+        self.move(tasks["assigned"], "assigned", locked_by="sys-1")
+        tasks["executing"] = add("runs")
+        self.move(tasks["executing"], "assigned", "executing")
+        tasks["complete"] = add("done")
+        self.move(tasks["complete"], "assigned", "executing", "complete")
+        tasks["cancelled"] = add("dropped")
+        self.home.ok("task.cancel", task=tasks["cancelled"])
+        spent = add("spent")
+        for attempt in (1, 2, 3):
+            self.move(spent, "assigned", "executing")
+            self.move(spent, "failed", reason="agent exited with status 1")
+            if attempt < 3:
+                self.move(spent, "queued")
+        flaky = add("flaky")
+        self.move(flaky, "assigned", "executing")
+        self.move(flaky, "failed", reason="agent exited with status 1")
+        self.assertIsNotNone(self.snapshot(flaky)[0][3], "a retry is scheduled")
+        before = {tid: self.snapshot(tid) for tid in [*tasks.values(), spent]}
+        head = self.home.head()
+
+        async def scenario():
+            ws = await connect(gw)
+            replies = {status: await request(ws, "task.retry", task=tid[:8])
+                       for status, tid in tasks.items()}
+            replies["spent"] = await request(ws, "task.retry", task=spent)
+            replies["failed"] = await request(ws, "task.retry", task=flaky[:8])
+            replies["again"] = await request(ws, "task.retry", task=flaky)
+            replies["missing"] = await request(ws, "task.retry", task="ffffffff")
+            await ws.close()
+            return replies
+        r = run(scenario())
+        for status in tasks:
+            error = r[status].get("error") or {}
+            self.assertEqual((r[status]["ok"], error.get("code"), error.get("field")),
+                             (False, "illegal_transition", "task"), f"{status}: {r[status]}")
+            self.assertIn(f"is {status}, not failed", error["message"], status)
+        self.assertEqual((r["spent"]["ok"], r["spent"]["error"]["code"]),
+                         (False, "illegal_transition"))
+        self.assertIn("3 of 3 attempts", r["spent"]["error"]["message"])
+        for tid, rows in before.items():
+            self.assertEqual(self.snapshot(tid), rows, "a refused retry changed the row")
+        # The refusals wrote nothing; the one retry wrote its move.
+        topics = [e["topic"] for e in self.home.replay(head)]
+        self.assertEqual(topics, ["task.status"], topics)
+        self.assertTrue(r["failed"]["ok"], r["failed"])
+        task = r["failed"]["result"]["task"]
+        self.assertEqual((task["status"], task["retry_at"], task["attempts"]), ("queued", None, 1))
+        self.assertEqual(self.snapshot(flaky)[0][:5],
+                         ("queued", "retried from the gateway", 1, None, None))
+        # Retried once: now queued, so the same request again is refused.
+        self.assertEqual(r["again"]["error"]["code"], "illegal_transition")
+        self.assertIn("is queued, not failed", r["again"]["error"]["message"])
+        self.assertEqual(r["missing"]["error"]["code"], "not_found")
+        self.assertTrue(gw.alive())
+
+
 class NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kwargs):
         return None

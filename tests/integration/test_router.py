@@ -274,7 +274,8 @@ class TestRetries(RouterTestCase):
                     and self.row(doomed)[3] == 3 and self.home.query(
                         "SELECT count(*) FROM task_events WHERE task_id = ? AND event_type ="
                         " 'failed'", doomed)[0][0] == 3, 30, diagnose=self.diagnose)
-        self.assertEqual(self.row(doomed)[1], "agent exited with status 7")
+        self.assertEqual(self.row(doomed)[1],
+                         "failed after 3 attempts: agent exited with status 7")
         time.sleep(1.0)  # and it stays failed: no fourth attempt
         self.assertEqual(self.row(doomed)[0], "failed")
         self.assertEqual(self.row(doomed)[3], 3)

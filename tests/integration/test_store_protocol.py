@@ -442,7 +442,11 @@ class StateMachine(ccmtest.StoreTestCase):
             self.assertEqual(got["attempts"], attempt)
             self.store.ok("task.transition", task=tid, to="executing")
             got = self.store.ok("task.transition", task=tid, to="failed", reason="boom")["task"]
-            self.assertEqual((got["status"], got["status_reason"]), ("failed", "boom"))
+            # A retry is scheduled while attempts are left (test_task_retry has the rest).
+            self.assertEqual((got["status"], got["status_reason"]),
+                             ("failed", f"retry {attempt + 1} of 3 at {got['retry_at'][11:19]} UTC,"
+                                        " after: boom" if attempt < 3
+                              else "failed after 3 attempts: boom"))
             if attempt < 3:
                 got = self.store.ok("task.transition", task=tid, to="queued")["task"]
                 self.assertEqual((got["status"], got["attempts"]), ("queued", attempt))

@@ -214,7 +214,8 @@ class RouterVerbs(ccmtest.StoreTestCase):
         why = "its executor went offline: no heartbeat for 3 s"
         self.assertEqual(rows[fresh["id"]], ("queued", why, None, 1))
         self.assertEqual(rows[running["id"]], ("queued", why, None, 1))
-        self.assertEqual(rows[spent["id"]], ("failed", why, None, 3))
+        # Out of attempts: the reason says that was the last (no retry_at).
+        self.assertEqual(rows[spent["id"]], ("failed", "failed after 3 attempts: " + why, None, 3))
         self.assertEqual(rows[mine["id"]][:3], ("assigned", None, other["id"]))
         self.assertEqual(self.store.query("SELECT status, last_seen FROM systems WHERE id = ?",
                                           lost["id"]), [("offline", beat_seen)],

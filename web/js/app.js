@@ -279,9 +279,22 @@ function dashboardView() {
 
 // -------------------------------------------------------------- task board
 
+// A failed task the store will try again says so, and when (local time);
+// status_reason has the same in UTC.
+function retrying(t) {
+  return t.status === "failed" && t.retry_at;
+}
+
+function statusBadge(t) {
+  return retrying(t)
+    ? badge(`retry ${t.attempts + 1} of ${t.max_attempts} at ${clock(t.retry_at)}`, "retrying")
+    : badge(t.status);
+}
+
 function taskCard(t) {
   return h("a.task-card", { href: `#/task/${t.id}`, dataset: { task: t.id, status: t.status } },
     h("div.row", h("code", { text: t.short_id || short(t.id) }), badge(t.priority, `p-${t.priority}`),
+      retrying(t) ? statusBadge(t) : null,
       t.project ? h("span.muted", { text: t.project }) : null),
     h("div.prompt", { text: firstLine(t.prompt) }),
     t.status_reason ? h("div.reason.muted", { text: t.status_reason }) : null,
@@ -545,11 +558,12 @@ function renderDetailHeader() {
   const t = d.task;
   const agents = state.agents.filter((a) => a.task_id === t.id);
   clear(el,
-    h("h1", h("code", { text: t.short_id }), " ", badge(t.status), " ",
+    h("h1", h("code", { text: t.short_id }), " ", statusBadge(t), " ",
       h("span.muted.small", { text: t.id })),
     h("p.meta",
       t.project ? ["project ", h("strong", { text: t.project }), " · "] : null,
-      `priority ${t.priority} · ${t.task_type} · attempt ${t.attempts}`,
+      `priority ${t.priority} · ${t.task_type} · attempt ${t.attempts}` +
+        (t.max_attempts ? ` of ${t.max_attempts}` : ""),
       t.agent_profile ? ` · agent ${t.agent_profile}` : null,
       ` · created ${ago(t.created_at)}`),
     t.status_reason ? h("p.reason", { text: t.status_reason }) : null,
