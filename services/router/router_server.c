@@ -75,9 +75,7 @@ struct _router_t {
     zhashx_t *queued;    //  task id -> "": what the last pass put in the route
     uint64_t gen;
     int64_t reconciled_ms;
-    zhashx_t *retries;  //  task id -> (int64_t) when a failed task goes back to the queue
-    int64_t retry_base_ms;
-    int max_attempts;
+    bool retrying;  //  the due retries are being read
     int64_t heartbeat_ms;
     int liveness;
     int64_t ticked_ms;          //  the last tick (a stalled router gives nobody up for it)
@@ -845,15 +843,6 @@ s_event (zloop_t *loop, zsock_t *reader, void *arg)
             s_run_t *run = task ? zhashx_lookup (self->running, task) : NULL;
             if (ended && run && run->attempt == attempt)
                 s_untrack (self, task);
-            //  A run that failed is tried again while attempts are left,
-            //  after 1, 2, 4... times router.retry_base_ms, plus jitter.
-            if (ended && strcmp (to, "failed") == 0 && attempt >= 1
-                && attempt < self->max_attempts) {
-                int64_t *when = malloc (sizeof *when);
-                int64_t delay = self->retry_base_ms << (attempt - 1);
-                *when = ccm_mono_ms () + delay + randof (self->retry_base_ms / 2 + 1);
-                zhashx_update (self->retries, task, when);
-            }
             cJSON_Delete (event);
             zstr_free (&text);
         }
@@ -864,6 +853,40 @@ s_event (zloop_t *loop, zsock_t *reader, void *arg)
     if (self->dirty)
         s_pass (self);
     return 0;
+}
+
+static void
+s_requeued (void *arg, int rc, cJSON *reply)
+{
+    router_t *self = arg;
+    if (rc == 0)
+        self->dirty = true;
+    else if (rc == CCM_EREPLY)
+        (void) reply;  //  no longer failed (a user's retry, a cancel): nothing to do
+}
+
+//  Each failed task due for its retry goes back to the queue, only from
+//  failed: one a user retried meanwhile (or cancelled) is left alone.
+static void
+s_retries_due (void *arg, int rc, cJSON *reply)
+{
+    router_t *self = arg;
+    if (rc == CCM_ECLOSED)
+        return;
+    self->retrying = false;
+    cJSON *task;
+    cJSON_ArrayForEach (task, cJSON_GetObjectItem (reply, "tasks"))
+    {
+        const char *id = s_str (task, "id");
+        if (!id)
+            continue;
+        cJSON *body = cJSON_CreateObject ();
+        cJSON_AddStringToObject (body, "task", id);
+        cJSON_AddStringToObject (body, "to", "queued");
+        cJSON_AddStringToObject (body, "from", "failed");
+        cJSON_AddStringToObject (body, "reason", "retry after a failed attempt");
+        s_write (self, "task.transition", body, s_requeued, self);
+    }
 }
 
 //  Every beat: executors silent too long are given up; a pass if needed.
@@ -890,21 +913,15 @@ s_tick (zloop_t *loop, int timer_id, void *arg)
                       (long long) (now - exec->heard_ms));
             s_set_online (self, exec, false, reason);
         }
-    //  Failed tasks whose backoff is over go back to the queue.
-    zlistx_t *due = zlistx_new ();
-    zlistx_set_destructor (due, (zlistx_destructor_fn *) zstr_free);
-    for (int64_t *when = zhashx_first (self->retries); when; when = zhashx_next (self->retries))
-        if (*when <= now)
-            zlistx_add_end (due, strdup (zhashx_cursor (self->retries)));
-    for (const char *task = zlistx_first (due); task; task = zlistx_next (due)) {
+    //  Failed tasks whose backoff is over (the store keeps the schedule)
+    //  go back to the queue.
+    if (!self->retrying) {
+        self->retrying = true;
         cJSON *body = cJSON_CreateObject ();
-        cJSON_AddStringToObject (body, "task", task);
-        cJSON_AddStringToObject (body, "to", "queued");
-        cJSON_AddStringToObject (body, "reason", "retry after a failed attempt");
-        s_write (self, "task.transition", body, NULL, NULL);
-        zhashx_delete (self->retries, task);  //  done, or no longer failed (a user's retry)
+        cJSON_AddBoolToObject (body, "retry_due", true);
+        cJSON_AddNumberToObject (body, "limit", S_PAGE);
+        s_read (self, "task.list", body, s_retries_due, self);
     }
-    zlistx_destroy (&due);
     //  Deferred tasks come back, and a dropped event costs a beat at most.
     if (now - self->reconciled_ms >= S_RECONCILE_MS)
         s_reconcile (self);
@@ -924,18 +941,13 @@ router_new (ccm_config_t *config)
     if (self->liveness < 1)
         self->liveness = 1;
     self->route = route_new ();
-    zhashx_t **maps[] = {&self->execs,    &self->reasons, &self->deferred,
-                         &self->retries,  &self->running, &self->keys,
-                         &self->waitconn, &self->placing, &self->queued};
+    zhashx_t **maps[] = {&self->execs, &self->reasons,  &self->deferred, &self->running,
+                         &self->keys,  &self->waitconn, &self->placing,  &self->queued};
     for (size_t i = 0; i < sizeof maps / sizeof maps[0]; i++) {
         *maps[i] = zhashx_new ();
         zhashx_set_destructor (*maps[i], (zhashx_destructor_fn *) zstr_free);
     }
     zhashx_set_destructor (self->execs, (zhashx_destructor_fn *) s_exec_destroy);
-    self->retry_base_ms = ccm_config_int (config, "router.retry_base_ms");
-    if (self->retry_base_ms < 1)
-        self->retry_base_ms = 1;
-    self->max_attempts = (int) ccm_config_int (config, "store.max_attempts");
     self->wait_connection_s = ccm_config_int (config, "router.wait_connection_s");
     self->watchdog = ccm_notify_watchdog_ms () > 0;
     snprintf (self->sync_state, sizeof self->sync_state, "LocalOnly");
@@ -985,9 +997,8 @@ router_destroy (router_t **self_p)
         zloop_destroy (&self->loop);
         zsock_destroy (&self->events);
         zsock_destroy (&self->dispatch);
-        zhashx_t **maps[] = {&self->execs,    &self->reasons, &self->deferred,
-                             &self->retries,  &self->running, &self->keys,
-                             &self->waitconn, &self->placing, &self->queued};
+        zhashx_t **maps[] = {&self->execs, &self->reasons,  &self->deferred, &self->running,
+                             &self->keys,  &self->waitconn, &self->placing,  &self->queued};
         for (size_t i = 0; i < sizeof maps / sizeof maps[0]; i++)
             zhashx_destroy (maps[i]);
         route_destroy (&self->route);

@@ -46,6 +46,10 @@ class RouterTestCase(tx.ExecutorTestCase):
             self.router.wait(10)
 
     def start_router(self, beat_ms=BEAT_MS, **extra):
+        if "CCM_ROUTER_RETRY_BASE_MS" in extra:
+            # The store keeps the retry schedule (retry_at): it reads the base.
+            self.home.env["CCM_ROUTER_RETRY_BASE_MS"] = extra["CCM_ROUTER_RETRY_BASE_MS"]
+            self.home.restart()
         env = dict(self.home.env, CCM_ROUTER_HEARTBEAT_MS=str(beat_ms), **extra)
         with open(self.stderr_path, "ab") as err:
             self.router = subprocess.Popen([ROUTER_BIN], env=env, stdin=subprocess.DEVNULL,
