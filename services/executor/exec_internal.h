@@ -79,8 +79,8 @@ typedef struct {
     int64_t contexts_verified_ms;  //  when every context was last recorded
     cJSON *profiles;               //  user profiles from executor.profiles_file
     char *claude_settings;         //  Claude Code settings that run ccm-hook, or NULL
-    bool refreshing, watching, claiming;  //  such a round is under way
-    int checking;                         //  cancellation checks in flight
+    bool refreshing, watching, claiming, retrying;  //  such a round is under way
+    int checking;                                   //  cancellation checks in flight
     //  With executor.dispatch "router": the router gives the tasks.
     zsock_t *router;          //  DEALER to router.endpoint, or NULL (direct claim)
     int64_t router_beat_ms;   //  heartbeat interval

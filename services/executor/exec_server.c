@@ -261,9 +261,37 @@ s_claimed (void *arg, int rc, cJSON *reply)
     }
 }
 
+//  Without a router, the executor moves failed tasks due for their retry
+//  (the store's schedule) back to the queue itself, only from failed.
+static void
+s_retries_due (void *arg, int rc, cJSON *reply)
+{
+    exec_t *self = arg;
+    if (rc == CCM_ECLOSED)
+        return;
+    self->retrying = false;
+    cJSON *task;
+    cJSON_ArrayForEach (task, cJSON_GetObjectItemCaseSensitive (reply, "tasks"))
+    {
+        cJSON *body = cJSON_CreateObject ();
+        cJSON_AddStringToObject (body, "task", s_str (task, "id") ? s_str (task, "id") : "");
+        cJSON_AddStringToObject (body, "to", "queued");
+        cJSON_AddStringToObject (body, "from", "failed");
+        cJSON_AddStringToObject (body, "reason", "retry after a failed attempt");
+        exec_store_write (self, "task.transition", body, NULL, NULL);
+    }
+}
+
 static void
 s_claim (exec_t *self)
 {
+    if (!self->retrying) {
+        self->retrying = true;
+        cJSON *body = cJSON_CreateObject ();
+        cJSON_AddBoolToObject (body, "retry_due", true);
+        cJSON_AddNumberToObject (body, "limit", 100);
+        exec_store_read (self, "task.list", body, s_retries_due, self);
+    }
     int starting = 0;
     for (exec_attempt_t *seen = zhashx_first (self->attempts); seen;
          seen = zhashx_next (self->attempts))

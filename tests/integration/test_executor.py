@@ -59,8 +59,15 @@ class ExecutorTestCase(ccmtest.CcmTestCase):
 
     PROJECT = "proj"
 
+    # One attempt per task here: these tests count the runs of the executor;
+    # retries (the store's schedule) have their own tests (test_router).
+    MAX_ATTEMPTS = 1
+
     def setUp(self):
-        self.home = self.make_home(start=True, extra_env=GIT_ENV)
+        env = dict(GIT_ENV)
+        if self.MAX_ATTEMPTS:
+            env["CCM_STORE_MAX_ATTEMPTS"] = str(self.MAX_ATTEMPTS)
+        self.home = self.make_home(start=True, extra_env=env)
         self.machine_id = "it-" + uuid.uuid4().hex
         self.executors = []
         self.dispatcher = None  # the ccm-router that start_executor starts

@@ -27,6 +27,8 @@ BEAT_MS = 500
 
 class RouterTestCase(tx.ExecutorTestCase):
 
+    MAX_ATTEMPTS = None  # the store's default, 3: the router's retries are tested here
+
     def setUp(self):
         super().setUp()
         self.router = None
