@@ -7,15 +7,29 @@
 # Idempotent: a second run installs nothing and needs no network.
 set -euo pipefail
 
-PLAYWRIGHT_VERSION=1.65.1
+# playwright-core 1.61.1 is the newest that runs on Debian 12's nodejs (18.20.4): its
+# engines field says node >= 18, and its start-up check (lib/bootstrap.js) refuses only
+# node < 18. From 1.62 on both say >= 20, and a fresh Debian 12 failed the browser test
+# with "Playwright requires Node.js 20 or higher". We keep Debian's node rather than
+# install a second one from npm: it is the node the Claude CLI's tests already use, it
+# comes with the system's updates, and it needs no binary kept in a cache. Playwright
+# drives Debian's chromium over CDP, which is compatible across versions: 1.61.1 is built
+# against Chromium 149 and passes tests/integration/test_web_ui.py with Debian's 156.
+# Before raising this pin, check `npm view playwright-core@X engines` against Debian's node.
+PLAYWRIGHT_VERSION=1.61.1
 NODE_MIN_MAJOR=18
 PREFIX=${CCM_BROWSER_DIR:-$HOME/.cache/ccm/browser-test}
 
+# As root, apt-get directly (a minimal Debian has no sudo); otherwise through sudo.
 sudo=()
 if [[ $(id -u) -ne 0 ]]; then
     sudo=(sudo)
 fi
 apt_install() {
+    if [[ ${#sudo[@]} -gt 0 ]] && ! command -v sudo >/dev/null; then
+        echo "install-browser: need root or sudo to install: $*" >&2
+        exit 1
+    fi
     export DEBIAN_FRONTEND=noninteractive
     if ! "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$@"; then
         # Empty or stale package lists: refresh once and retry.

@@ -13,6 +13,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PREFIX="$ROOT/tests/.claude-cli"
 BIN="$PREFIX/node_modules/.bin/claude"
 
+# As root, apt-get directly (a minimal Debian has no sudo); otherwise through sudo.
 sudo=()
 if [[ $(id -u) -ne 0 ]]; then
     sudo=(sudo)
@@ -21,6 +22,10 @@ fi
 # node and npm: install Debian's only when a command is missing. Where node comes from
 # elsewhere (e.g. a NodeSource build that bundles npm), leave it alone.
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    if [[ ${#sudo[@]} -gt 0 ]] && ! command -v sudo >/dev/null; then
+        echo "install-claude: need root or sudo to install: nodejs npm" >&2
+        exit 1
+    fi
     echo "install-claude: installing nodejs and npm"
     export DEBIAN_FRONTEND=noninteractive
     if ! "${sudo[@]}" apt-get install -y -qq --no-install-recommends nodejs npm; then
