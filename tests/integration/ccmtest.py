@@ -823,6 +823,7 @@ class _RouterProbe:
         self.home, self.system_id, self.timeout = home, system_id, timeout
         self.endpoint = home.env.get("CCM_ROUTER_ENDPOINT", f"ipc://{home.path}/run/router.ipc")
         self.sock = None
+        self.seq = 0
 
     def _open(self):
         self.sock = self.home.ctx.socket(zmq.DEALER)
@@ -835,7 +836,9 @@ class _RouterProbe:
             self._open()
         while self.sock.poll(0):
             self.sock.recv_multipart()  # a late answer to an earlier probe
-        body = json.dumps({"v": 1, "system_id": self.system_id, "running": []}).encode()
+        self.seq += 1
+        body = json.dumps({"v": 1, "system_id": self.system_id, "seq": self.seq,
+                           "running": []}).encode()
         try:
             self.sock.send_multipart([b"HEARTBEAT", body], flags=zmq.NOBLOCK)
         except zmq.Again:
