@@ -12,13 +12,15 @@ ingester and the gateway; SIGSTOP of an executor for 10 s and of the store
 for 5 s. The schedule comes from a seed, printed at the start; set
 CCM_CHAOS_SEED to replay one. The whole test is bounded to 5 minutes.
 
-Each task runs tests' agent.py (written to $CCM_HOME/chaos/), which appends
-to one shared file a `start TASK ATTEMPT T0 ...` line when it starts and an
-`end TASK ATTEMPT T0 T1 ...` line when it ends (a `stop` line if it is
-signalled). ATTEMPT is $CCM_ATTEMPT when the executor gives it; without it
-(today) the agent asks the store (`ccm task show`) for the task's attempts.
-Each run also holds a flock on a file of its own for as long as it lives,
-so a run killed with -9 is seen to end by the test's monitor.
+Each task runs the test's agent.py (written to $CCM_HOME/chaos/), which
+appends to one shared file a `start TASK ATTEMPT T0 ...` line when it starts
+and an `end TASK ATTEMPT T0 T1 ...` line when it ends (a `stop` line if it is
+signalled). ATTEMPT is $CCM_ATTEMPT, which the executor gives each agent;
+without it (an executor older than fencing by attempt) the agent asks the
+store (`ccm task show`) for the task's attempts, which a stale run reads as
+the newer attempt's number. Each run also holds a flock on a file of its own
+for as long as it lives, so a run killed with -9 (ccm-agent's lease) is seen
+to end by the test's monitor.
 
 Afterwards, as a user would check:
   - every task ended complete (or failed, with its 3 attempts);
