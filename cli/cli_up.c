@@ -5,7 +5,18 @@
     waits for it to answer), restarts any that dies with a growing delay, and
     stops them all on SIGTERM/SIGINT. It holds a lock on run/ccm.pid, so two
     supervisors never share one CCM_HOME. systemd units do the same job in
-    production (deploy/systemd).                                            */
+    production (deploy/systemd).
+
+    With up.executors = N (> 1) it runs N executors, each supervised on its
+    own: instance K >= 2 is a system of its own on this machine, its
+    executor.machine_id, hostname, tmux_socket, worktrees and outbox being
+    the first instance's with "-K" appended. Other settings are shared,
+    except those in $CCM_HOME/executor-K.json (config.json's format), which
+    are instance K's own: executor.projects NAME=PATH gives it its own
+    clone, as a machine of its own would have. All of these reach the
+    instance as CCM_* variables. It is for trying a fleet on one machine
+    (the chaos test runs three); `ccm attach`, `ccm send` and the gateway's
+    terminal view reach the first instance's tmux server only.            */
 
 #include "cli.h"
 
@@ -42,11 +53,20 @@ s_in_role (const char *role, const char *service)
         on_hub |= strcmp (*h, service) == 0;
     return strcmp (role, "hub") == 0 ? on_hub : !on_hub;
 }
-#define S_NSERVICES    (sizeof s_services / sizeof s_services[0])
-#define S_MAX_DELAY_MS 10000
+#define S_NSERVICES     (sizeof s_services / sizeof s_services[0])
+#define S_MAX_DELAY_MS  10000
+#define S_MAX_EXECUTORS 16
+
+//  The settings that make an extra executor instance a system of its own.
+static const char *const s_instance_keys[] = {"executor.machine_id",  "executor.hostname",
+                                              "executor.tmux_socket", "executor.worktrees",
+                                              "executor.outbox",      NULL};
+#define S_MAX_ENV 64  //  settings given to one instance, at most
 
 typedef struct {
     char path[PATH_MAX + 64];
+    char name[PATH_MAX + 80];  //  path, and " #K" for executor instance K >= 2
+    char *env[S_MAX_ENV + 1];  //  "CCM_X=value" of instance K >= 2, NULL-terminated
     pid_t pid;
     int64_t started_ms;
     int64_t restart_at_ms;  //  0: not waiting for a restart
@@ -114,12 +134,157 @@ s_log (const char *format, ...)
     va_end (args);
 }
 
+//  The value instance 1 of the executor has for key, into buf: the
+//  configured one, else what the executor itself would find.
+static void
+s_instance_base (cli_t *cli, const char *key, char *buf, size_t len)
+{
+    snprintf (buf, len, "%s", ccm_config_str (cli->config, key));
+    if (*buf)
+        return;
+    char host[256] = "localhost";
+    const char *configured = ccm_config_str (cli->config, "executor.hostname");
+    if (*configured)
+        snprintf (host, sizeof host, "%s", configured);
+    else if (gethostname (host, sizeof host))
+        snprintf (host, sizeof host, "localhost");
+    host[sizeof host - 1] = 0;
+    if (strcmp (key, "executor.hostname") == 0) {
+        snprintf (buf, len, "%s", host);
+        return;
+    }
+    //  executor.machine_id, as exec_server.c reads it.
+    FILE *file = fopen ("/etc/machine-id", "r");
+    if (file && fgets (buf, (int) len, file))
+        buf[strcspn (buf, "\r\n")] = 0;
+    else
+        snprintf (buf, len, "host-%s", host);
+    if (file)
+        fclose (file);
+}
+
+//  Adds "CCM_KEY=value" to the instance's environment (a later one wins).
+static int
+s_env_add (s_service_t *service, const char *key, const char *value, const char *suffix)
+{
+    char name[128];
+    ccm_config_env_name (key, name, sizeof name);
+    size_t n = 0;
+    while (service->env[n])
+        n++;
+    if (n == S_MAX_ENV)
+        return -1;
+    if (asprintf (&service->env[n], "%s=%s%s", name, value, suffix) < 0) {
+        service->env[n] = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+//  Adds the settings of an executor-K.json object (nested objects flatten to
+//  dotted keys, as in config.json). Returns NULL or a message (caller frees).
+static char *
+s_env_from_json (s_service_t *service, const char *prefix, cJSON *object, const char *origin)
+{
+    cJSON *item;
+    cJSON_ArrayForEach (item, object)
+    {
+        char key[256];
+        snprintf (key, sizeof key, "%s%s%s", prefix, *prefix ? "." : "", item->string);
+        const ccm_config_key_t *known = ccm_config_keys ();
+        while (known->key && strcmp (known->key, key))
+            known++;
+        if (!known->key && cJSON_IsObject (item)) {
+            char *problem = s_env_from_json (service, key, item, origin);
+            if (problem)
+                return problem;
+            continue;
+        }
+        char number[32], *problem = NULL;
+        const char *text = cJSON_IsString (item) ? item->valuestring : NULL;
+        if (cJSON_IsNumber (item)) {
+            snprintf (number, sizeof number, "%lld", (long long) item->valuedouble);
+            text = number;
+        }
+        else if (cJSON_IsBool (item))
+            text = cJSON_IsTrue (item) ? "true" : "false";
+        if (!known->key)
+            return asprintf (&problem, "%s: unknown key '%s'", origin, key) < 0 ? NULL : problem;
+        if (!text)
+            return asprintf (&problem, "%s: key '%s' must be a string, number or boolean", origin,
+                             key)
+                           < 0
+                       ? NULL
+                       : problem;
+        if (s_env_add (service, key, text, ""))
+            return strdup ("out of memory, or too many settings");
+    }
+    return NULL;
+}
+
+//  Gives executor instance K (>= 2) its own identity and paths, then the
+//  settings of $CCM_HOME/executor-K.json. Returns NULL or a message.
+static char *
+s_instance_env (cli_t *cli, s_service_t *service, int instance)
+{
+    char suffix[16];
+    snprintf (suffix, sizeof suffix, "-%d", instance);
+    for (const char *const *key = s_instance_keys; *key; key++) {
+        char base[PATH_MAX];
+        s_instance_base (cli, *key, base, sizeof base);
+        if (s_env_add (service, *key, base, suffix))
+            return strdup ("out of memory");
+    }
+    size_t len = strlen (service->path);
+    memcpy (service->name, service->path, len);
+    snprintf (service->name + len, sizeof service->name - len, " #%d", instance);
+
+    char path[PATH_MAX + 32], *problem = NULL;
+    snprintf (path, sizeof path, "%s/executor-%d.json", ccm_config_home (cli->config), instance);
+    FILE *file = fopen (path, "rb");
+    if (!file)
+        return errno == ENOENT || asprintf (&problem, "%s: %s", path, strerror (errno)) < 0
+                   ? NULL
+                   : problem;
+    char *text = NULL;
+    size_t size = 0;
+    FILE *mem = open_memstream (&text, &size);
+    char buf[4096];
+    size_t n;
+    while (mem && (n = fread (buf, 1, sizeof buf, file)) > 0)
+        fwrite (buf, 1, n, mem);
+    if (mem)
+        fclose (mem);
+    fclose (file);
+    cJSON *json = text ? cJSON_Parse (text) : NULL;
+    free (text);
+    if (!cJSON_IsObject (json)) {
+        cJSON_Delete (json);
+        return asprintf (&problem, "%s: not a JSON object", path) < 0 ? NULL : problem;
+    }
+    problem = s_env_from_json (service, "", json, path);
+    cJSON_Delete (json);
+    return problem;
+}
+
+static void
+s_services_free (s_service_t *services, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        for (size_t k = 0; services[i].env[k]; k++) {
+            free (services[i].env[k]);
+            services[i].env[k] = NULL;
+        }
+}
+
 static void
 s_start (cli_t *cli, s_service_t *service)
 {
     pid_t pid = fork ();
     if (pid == 0) {
         setenv ("CCM_HOME", ccm_config_home (cli->config), 1);
+        for (size_t i = 0; service->env[i]; i++)
+            putenv (service->env[i]);
         signal (SIGINT, SIG_DFL);
         signal (SIGTERM, SIG_DFL);
         execl (service->path, service->path, (char *) NULL);
@@ -130,9 +295,9 @@ s_start (cli_t *cli, s_service_t *service)
     service->started_ms = s_now ();
     service->restart_at_ms = 0;
     if (pid > 0)
-        s_log ("started %s (pid %ld)", service->path, (long) pid);
+        s_log ("started %s (pid %ld)", service->name, (long) pid);
     else {
-        s_log ("cannot fork for %s: %s", service->path, strerror (errno));
+        s_log ("cannot fork for %s: %s", service->name, strerror (errno));
         service->restart_at_ms = s_now () + service->delay_ms;
     }
 }
@@ -209,24 +374,39 @@ s_supervise (cli_t *cli, int lock_fd, const char *role)
     self[len] = 0;
     *strrchr (self, '/') = 0;
 
-    s_service_t services[S_NSERVICES];
+    int64_t executors = ccm_config_int (cli->config, "up.executors");  //  checked by cli_cmd_up
+    s_service_t services[S_NSERVICES + S_MAX_EXECUTORS - 1];
     size_t count = 0;
     int64_t first_delay = ccm_config_int (cli->config, "up.restart_delay_ms");
     for (size_t i = 0; i < S_NSERVICES; i++) {
-        s_service_t *service = &services[count];
-        memset (service, 0, sizeof *service);
-        snprintf (service->path, sizeof service->path, "%s/ccm-%s", self, s_services[i]);
-        service->delay_ms = first_delay;
-        //  ccm-sync runs only for a machine connected to a hub (ccm sync login).
-        if (!strcmp (s_services[i], "sync")
-            && access (ccm_config_str (cli->config, "sync.credentials"), F_OK) != 0)
-            continue;
-        if (s_in_role (role, s_services[i]) && access (service->path, X_OK) == 0)
+        int copies = strcmp (s_services[i], "executor") == 0 ? (int) executors : 1;
+        for (int instance = 1; instance <= copies; instance++) {
+            s_service_t *service = &services[count];
+            memset (service, 0, sizeof *service);
+            snprintf (service->path, sizeof service->path, "%s/ccm-%s", self, s_services[i]);
+            memcpy (service->name, service->path, sizeof service->path);
+            service->delay_ms = first_delay;
+            //  ccm-sync runs only for a machine connected to a hub (ccm sync login).
+            if (!strcmp (s_services[i], "sync")
+                && access (ccm_config_str (cli->config, "sync.credentials"), F_OK) != 0)
+                continue;
+            if (!s_in_role (role, s_services[i]) || access (service->path, X_OK) != 0)
+                continue;
             count++;
+            char *problem = instance > 1 ? s_instance_env (cli, service, instance) : NULL;
+            if (problem) {
+                s_services_free (services, count);
+                int rc = cli_fail ("%s", problem);
+                free (problem);
+                return rc;
+            }
+        }
     }
     bool has_store = count > 0 && strstr (services[0].path, "ccm-store") != NULL;
-    if (strcmp (role, "worker") != 0 && !has_store)
+    if (strcmp (role, "worker") != 0 && !has_store) {
+        s_services_free (services, count);
         return cli_fail ("no ccm-store binary next to %s/ccm", self);
+    }
     if (count == 0)
         return cli_fail ("no service of role %s next to %s/ccm", role, self);
 
@@ -243,6 +423,7 @@ s_supervise (cli_t *cli, int lock_fd, const char *role)
         if (waitpid (services[0].pid, &status, WNOHANG) == services[0].pid) {
             services[0].pid = 0;
             s_log ("ccm-store exited during start-up; see the lines above");
+            s_services_free (services, count);
             close (lock_fd);
             return 1;
         }
@@ -264,10 +445,10 @@ s_supervise (cli_t *cli, int lock_fd, const char *role)
                 if (s_now () - service->started_ms > 30000)
                     service->delay_ms = first_delay;
                 if (WIFEXITED (status))
-                    s_log ("%s exited with status %d; restart in %lld ms", service->path,
+                    s_log ("%s exited with status %d; restart in %lld ms", service->name,
                            WEXITSTATUS (status), (long long) service->delay_ms);
                 else
-                    s_log ("%s killed by signal %d; restart in %lld ms", service->path,
+                    s_log ("%s killed by signal %d; restart in %lld ms", service->name,
                            WTERMSIG (status), (long long) service->delay_ms);
                 service->restart_at_ms = s_now () + service->delay_ms;
                 service->delay_ms =
@@ -301,10 +482,11 @@ s_supervise (cli_t *cli, int lock_fd, const char *role)
     }
     for (size_t i = 0; i < count; i++)
         if (services[i].pid) {
-            s_log ("%s did not stop in 10 s; killing it", services[i].path);
+            s_log ("%s did not stop in 10 s; killing it", services[i].name);
             kill (services[i].pid, SIGKILL);
             waitpid (services[i].pid, NULL, 0);
         }
+    s_services_free (services, count);
     char path[PATH_MAX];
     s_path (cli, "run/ccm.pid", path, sizeof path);
     unlink (path);
@@ -328,6 +510,10 @@ cli_cmd_up (cli_t *cli, int argc, char **argv)
     }
     if (strcmp (role, "all") && strcmp (role, "hub") && strcmp (role, "worker"))
         return cli_usage ("up: --role must be hub, worker or all, not '%s'", role);
+    int64_t executors = ccm_config_int (cli->config, "up.executors");
+    if (executors < 1 || executors > S_MAX_EXECUTORS)
+        return cli_fail ("up.executors must be 1 to %d, not %lld", S_MAX_EXECUTORS,
+                         (long long) executors);
     const char *home = ccm_config_home (cli->config);
     char run[PATH_MAX], log_dir[PATH_MAX];
     snprintf (run, sizeof run, "ipc://%s/run/x", home);

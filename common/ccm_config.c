@@ -59,6 +59,9 @@ static const ccm_config_key_t s_keys[] = {
      "bench only: off sends tcp:// in the clear, and is refused for any non-loopback address"},
     {"bus.retries", CCM_CFG_INT, "3", "retries of a request (Lazy Pirate)"},
     {"up.restart_delay_ms", CCM_CFG_INT, "500", "first delay before restarting a service"},
+    {"up.executors", CCM_CFG_INT, "1",
+     "executors ccm up runs on this machine (1-16); instance K >= 2 gets its own machine_id,"
+     " hostname, tmux_socket, worktrees and outbox (each with -K appended)"},
     {"executor.machine_id", CCM_CFG_STRING, "", "this machine's id (empty: /etc/machine-id)"},
     {"executor.hostname", CCM_CFG_STRING, "", "this machine's name (empty: gethostname)"},
     {"executor.tags", CCM_CFG_STRING, "", "comma-separated tags of this system"},

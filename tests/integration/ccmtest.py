@@ -29,6 +29,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 import urllib.parse
@@ -591,6 +592,349 @@ class Home:
         else:
             shutil.rmtree(self.path, ignore_errors=True)
         return leftovers
+
+
+# ------------------------------------------------------------ `ccm up`
+
+def _proc_ppid(pid):
+    """The parent pid of pid from /proc/PID/stat, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _proc_argv0(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return os.path.basename(f.read().split(b"\0")[0].decode("utf-8", "replace"))
+    except OSError:
+        return ""
+
+
+def proc_cmdline(pid):
+    """The command line of pid as one string ("" if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def iso_to_epoch(text):
+    """2026-01-02T03:04:05.678Z (the store's timestamps, UTC) as epoch seconds."""
+    import calendar
+    day, _, rest = text.partition("T")
+    y, mo, d = (int(x) for x in day.split("-"))
+    hms = rest.rstrip("Z")
+    h, mi, sec = hms.split(":")
+    return calendar.timegm((y, mo, d, int(h), int(mi), 0)) + float(sec)
+
+
+class Supervisor:
+    """`ccm up` on a Home, in the foreground as the test's child, as a user
+    runs it: every service binary of BIN_DIR (ccm-sync only with sync
+    credentials), each restarted by ccm up when it dies. The settings given
+    go to $CCM_HOME/config.json, those of executor instance K (up.executors)
+    to $CCM_HOME/executor-K.json; ccm up's output goes to $CCM_HOME/up.log.
+
+    It finds each supervised service's pid (services()) and tells whether
+    a service answers (probe()): the store a ping, the router a HEARTBEAT
+    (from a probe system of capacity 0, registered at start), the hooks
+    ingester a record on its socket, the gateway an HTTP request, and an
+    executor by being registered and online (its system row)."""
+
+    def __init__(self, home, settings=None, instances=None):
+        self.home = home
+        self.settings = dict(settings or {})
+        self.instances = dict(instances or {})  # K -> settings of executor instance K
+        self.executors = int(self.settings.get("up.executors", 1))
+        self.proc = None
+        self.log_path = os.path.join(home.path, "up.log")
+        self.probe_system = None
+
+    # ------------------------------------------------------------- start/stop
+
+    def machine_ids(self):
+        """The machine id of each executor instance, {"executor": id, "executor-2": id-2, ...}
+        (needs executor.machine_id in the settings)."""
+        base = self.settings["executor.machine_id"]
+        return {self.instance_name(k): base if k == 1 else f"{base}-{k}"
+                for k in range(1, self.executors + 1)}
+
+    @staticmethod
+    def instance_name(k):
+        return "executor" if k == 1 else f"executor-{k}"
+
+    def start(self, timeout=30.0):
+        """Writes config.json, starts `ccm up` and waits until every service
+        answers (and, with executors, each executor's system is online)."""
+        files = {"config.json": self.settings}
+        files.update({f"executor-{k}.json": v for k, v in self.instances.items()})
+        for name, settings in files.items():
+            with open(os.path.join(self.home.path, name), "w", encoding="utf-8") as f:
+                json.dump(settings, f)
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([CLI_BIN, "up"], env=self.home.env, cwd=self.home.path,
+                                     stdin=subprocess.DEVNULL, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        self.home.children.append(self.proc)
+        self.home.wait_ready(timeout)
+        reply = self.home.ok("system.register", hostname=f"probe-{uuid.uuid4().hex[:8]}",
+                             machine_id=f"probe-{uuid.uuid4().hex}", capacity=0, tags=["probe"],
+                             idem=str(uuid.uuid4()))
+        self.probe_system = reply["system"]["id"]
+        names = ["store", "router", "hooks", "gateway"]
+        names += [self.instance_name(k) for k in range(1, self.executors + 1)]
+        # Each service polled on its own thread: when each first answered
+        # (epoch seconds) is kept in first_answer.
+        self.first_answer = {}
+        deadline = time.monotonic() + timeout
+        threads = [threading.Thread(target=self._first_answer, args=(name, deadline), daemon=True)
+                   for name in names]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        pending = [name for name in names if name not in self.first_answer]
+        if self.proc.poll() is not None:
+            raise AssertionError(f"ccm up exited with {self.proc.returncode}:\n" + self.log_tail())
+        if pending:
+            raise AssertionError(f"ccm up: {', '.join(pending)} not answering within {timeout} s:"
+                                 "\n" + self.log_tail())
+        return self
+
+    def _first_answer(self, name, deadline):
+        probe = self.probe_for(name)
+        try:
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if probe():
+                    self.first_answer[name] = time.time()
+                    return
+                time.sleep(0.02)
+        finally:
+            probe.close()
+
+    def started_at(self):
+        """[(epoch seconds, service name, pid)] of each start that ccm up logged."""
+        found = []
+        for line in self.log_text().splitlines():
+            match = re.match(r"(\S+Z) ccm info: started \S*/ccm-(\w+)(?: #(\d+))? \(pid (\d+)\)",
+                             line)
+            if match:
+                name = match.group(2)
+                if match.group(3):
+                    name += "-" + match.group(3)
+                found.append((iso_to_epoch(match.group(1)), name, int(match.group(4))))
+        return found
+
+    def stop(self, timeout=30.0):
+        """`ccm down`; waits for the supervisor to exit. Returns (rc of ccm down,
+        exit code of ccm up)."""
+        rc, out, err = self.home.run_cli("down", timeout=timeout)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        self.log.close()
+        return rc, code
+
+    def log_text(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines=40):
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    # -------------------------------------------------------------- services
+
+    def services(self):
+        """{name: pid} of the services ccm up runs now: "store", "router",
+        "hooks", "gateway", "sync", and "executor", "executor-2", ... for the
+        executor instances (instance K >= 2 has CCM_EXECUTOR_MACHINE_ID=...-K)."""
+        found = {}
+        if self.proc is None:
+            return found
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or _proc_ppid(int(name)) != self.proc.pid:
+                continue
+            pid = int(name)
+            argv0 = _proc_argv0(pid)
+            if not argv0.startswith("ccm-") or not pid_alive(pid):
+                continue
+            service = argv0[4:]
+            if service == "executor":
+                for var in _proc_environ(pid):
+                    if var.startswith(b"CCM_EXECUTOR_MACHINE_ID="):
+                        service = "executor-" + var.decode().rsplit("-", 1)[1]
+            found[service] = pid
+        return found
+
+    def wait_service(self, name, timeout=15.0, not_pid=None):
+        """The pid of service name once it runs (and is not not_pid), or None."""
+        return wait_until(lambda: (pid := self.services().get(name)) and pid != not_pid and pid,
+                          timeout) or None
+
+    # ---------------------------------------------------------------- probes
+
+    def probe_for(self, name):
+        """A callable that tells whether service name answers now (a new one
+        per thread: each holds its own sockets); close() it after use."""
+        if name == "store":
+            return _StoreProbe(self.home)
+        if name == "router":
+            return _RouterProbe(self.home, self.probe_system)
+        if name == "hooks":
+            return _HooksProbe(self.home)
+        if name == "gateway":
+            return _GatewayProbe(self.home)
+        if name.startswith("executor"):
+            return _ExecutorProbe(self.home, self.machine_ids()[name])
+        raise ValueError(name)
+
+
+class _StoreProbe:
+    """A ping to the store; answers the store's pid, or None."""
+
+    def __init__(self, home, timeout=0.3):
+        self.client = home.client(timeout=timeout)
+
+    def __call__(self):
+        try:
+            reply = self.client.call("ping")
+            return reply.get("pid") if reply.ok else None
+        except TimeoutError:
+            return None
+
+    def close(self):
+        self.client.close()
+
+
+class _RouterProbe:
+    """A HEARTBEAT to the router's dispatch socket as a probe system: true
+    if the router answers it."""
+
+    def __init__(self, home, system_id, timeout=0.3):
+        self.home, self.system_id, self.timeout = home, system_id, timeout
+        self.endpoint = home.env.get("CCM_ROUTER_ENDPOINT", f"ipc://{home.path}/run/router.ipc")
+        self.sock = None
+        self.seq = 0
+
+    def _open(self):
+        self.sock = self.home.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.IMMEDIATE, 1)
+        self.sock.connect(self.endpoint)
+
+    def __call__(self):
+        if self.sock is None:
+            self._open()
+        while self.sock.poll(0):
+            self.sock.recv_multipart()  # a late answer to an earlier probe
+        self.seq += 1
+        body = json.dumps({"v": 1, "system_id": self.system_id, "seq": self.seq,
+                           "running": []}).encode()
+        try:
+            self.sock.send_multipart([b"HEARTBEAT", body], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            time.sleep(self.timeout)  # no router connected
+            return False
+        if not self.sock.poll(int(self.timeout * 1000)):
+            self.close()  # Lazy Pirate: a fresh socket for the next probe
+            return False
+        return self.sock.recv_multipart()[0] == b"HEARTBEAT"
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            self.sock = None
+
+
+class _HooksProbe:
+    """One record handed to ccm-hooks on its socket, as ccm-hook does: true
+    once the ingester acks it (a ChaosProbe event lands in hook_events)."""
+
+    def __init__(self, home, timeout=0.3):
+        self.path = home.env.get("CCM_HOOKS_SOCKET", os.path.join(home.path, "run", "hooks.sock"))
+        self.timeout = timeout
+        self.count = 0
+
+    def __call__(self):
+        import socket
+        import struct
+        self.count += 1
+        head = (f"uid=probe{uuid.uuid4().hex}\nts={int(time.time() * 1000)}\ncli=claude\n").encode()
+        body = json.dumps({"hook_event_name": "ChaosProbe", "probe": self.count}).encode()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+            sock.sendall(b"CCMH" + struct.pack(">II", len(head), len(body)) + head + body)
+            got = b""
+            while len(got) < 4:
+                chunk = sock.recv(4 - len(got))
+                if not chunk:
+                    return False
+                got += chunk
+            return True
+        except OSError:
+            return False
+        finally:
+            sock.close()
+
+    def close(self):
+        pass
+
+
+class _GatewayProbe:
+    """An HTTP request to the gateway (the URL in run/gateway.url): true if
+    it answers, whatever the status."""
+
+    def __init__(self, home, timeout=0.5):
+        self.url_file = os.path.join(home.path, "run", "gateway.url")
+        self.timeout = timeout
+
+    def __call__(self):
+        import urllib.error
+        import urllib.request
+        try:
+            with open(self.url_file) as f:
+                url = f.read().strip()
+            with urllib.request.urlopen(url + "api/auth", timeout=self.timeout) as reply:
+                return reply.status > 0
+        except urllib.error.HTTPError:
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def close(self):
+        pass
+
+
+class _ExecutorProbe:
+    """An executor's system row: its last_seen (epoch seconds) while it is
+    online, else None. Registration (at every start) sets last_seen."""
+
+    def __init__(self, home, machine_id):
+        self.home, self.machine_id = home, machine_id
+
+    def __call__(self):
+        try:
+            rows = self.home.query("SELECT status, last_seen FROM systems WHERE machine_id = ?",
+                                   self.machine_id)
+        except sqlite3.Error:
+            return None
+        if rows and rows[0][0] == "online" and rows[0][1]:
+            return iso_to_epoch(rows[0][1])
+        return None
+
+    def close(self):
+        pass
 
 
 class CcmTestCase(unittest.TestCase):

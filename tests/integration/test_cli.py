@@ -475,6 +475,49 @@ class Supervision(ccmtest.CcmTestCase):
         self.assertFalse(ccmtest.pid_alive(second["pid"]), "the store outlived ccm up")
         self.assertEqual(home.processes(), [])
 
+    def test_up_runs_extra_executors(self):
+        """up.executors = 3: three executors, each a system of its own (its machine id,
+        hostname, tmux server, worktrees, outbox), instance 3 with its own settings from
+        executor-3.json; each restarted by ccm up when it dies, all stopped by ccm down."""
+        home = self.make_home()
+        sup = ccmtest.Supervisor(home, {"up.executors": 3, "executor.machine_id": "m-up",
+                                        "executor.hostname": "box", "gateway.port": 0},
+                                 instances={3: {"executor": {"capacity": 2}}}).start()
+        self.assertEqual(home.query("SELECT hostname, machine_id, capacity FROM systems"
+                                    " WHERE machine_id LIKE 'm-up%' ORDER BY hostname"),
+                         [("box", "m-up", 4), ("box-2", "m-up-2", 4), ("box-3", "m-up-3", 2)])
+        pids = sup.services()
+        self.assertLessEqual({"store", "router", "executor", "executor-2", "executor-3", "hooks",
+                              "gateway"}, set(pids))
+        env = set(ccmtest._proc_environ(pids["executor-2"]))
+        run = os.path.join(home.path, "run")
+        for var in (f"CCM_EXECUTOR_TMUX_SOCKET={run}/tmux.sock-2",
+                    f"CCM_EXECUTOR_WORKTREES={home.path}/worktrees-2",
+                    f"CCM_EXECUTOR_OUTBOX={run}/executor-outbox-2"):
+            self.assertIn(var.encode(), env)
+        self.assertFalse([v for v in ccmtest._proc_environ(pids["executor"])
+                          if v.startswith(b"CCM_EXECUTOR_")], "instance 1 keeps config.json's")
+
+        os.kill(pids["executor-2"], signal.SIGKILL)
+        again = sup.wait_service("executor-2", not_pid=pids["executor-2"])
+        self.assertTrue(again, "ccm up restarted executor #2:\n" + sup.log_tail())
+        self.assertEqual(sup.services()["executor-3"], pids["executor-3"], "the others ran on")
+        probe = sup.probe_for("executor-2")
+        killed = time.time()
+        self.assertTrue(ccmtest.wait_until(lambda: (probe() or 0) > killed, 15),
+                        "the restarted executor registered its system again")
+        self.assertIn(f"started {ccmtest.BIN_DIR}/ccm-executor #2 (pid {again})", sup.log_text())
+        self.assertEqual(sup.stop(), (0, 0))
+        self.assertEqual(home.processes(), [])
+
+        # A setting no executor has is refused, naming the file and the key.
+        with open(os.path.join(home.path, "executor-2.json"), "w") as f:
+            json.dump({"executor.capcity": 3}, f)
+        code, out, err = home.run_cli("up", timeout=30)
+        self.assertEqual(code, 1)
+        self.assertIn(f"{home.path}/executor-2.json: unknown key 'executor.capcity'", err)
+        self.assertEqual(home.processes(), [])
+
 
 if __name__ == "__main__":
     ccmtest.main()
