@@ -16,23 +16,34 @@
     clone, as a machine of its own would have. All of these reach the
     instance as CCM_* variables. It is for trying a fleet on one machine
     (the chaos test runs three); `ccm attach`, `ccm send` and the gateway's
-    terminal view reach the first instance's tmux server only.            */
+    terminal view reach the first instance's tmux server only.
+
+    It speaks systemd's notify protocol to its services as systemd would:
+    each child's $NOTIFY_SOCKET is the supervisor's run/notify.sock, and a
+    READY=1 from a child's pid (SO_PASSCRED) says that service serves.
+    `ccm up --detach` returns once every service it started said so; a
+    supervisor that runs under systemd itself says READY=1 then.           */
 
 #include "cli.h"
 
 #include "ccm_bus.h"
 #include "ccm_id.h"
+#include "ccm_notify.h"
 
 #include <czmq.h>
 
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -56,6 +67,8 @@ s_in_role (const char *role, const char *service)
 #define S_NSERVICES     (sizeof s_services / sizeof s_services[0])
 #define S_MAX_DELAY_MS  10000
 #define S_MAX_EXECUTORS 16
+#define S_READY_MS      20000  //  the longest `ccm up --detach` waits for every service
+#define S_MAX_SERVICES  (S_NSERVICES + S_MAX_EXECUTORS - 1)
 
 //  The settings that make an extra executor instance a system of its own.
 static const char *const s_instance_keys[] = {"executor.machine_id",  "executor.hostname",
@@ -66,15 +79,20 @@ static const char *const s_instance_keys[] = {"executor.machine_id",  "executor.
 typedef struct {
     char path[PATH_MAX + 64];
     char name[PATH_MAX + 80];  //  path, and " #K" for executor instance K >= 2
+    char tag[96];              //  ccm-store, ...; ccm-executor#K: its name in readiness lines
     char *env[S_MAX_ENV + 1];  //  "CCM_X=value" of instance K >= 2, NULL-terminated
     pid_t pid;
     int64_t started_ms;
     int64_t restart_at_ms;  //  0: not waiting for a restart
     int64_t delay_ms;
     int restarts;
+    bool ready;  //  its current process said READY=1
 } s_service_t;
 
 static volatile sig_atomic_t s_stop = 0;
+
+//  The children's $NOTIFY_SOCKET ("" if it could not be opened).
+static char s_notify_name[PATH_MAX + 32];
 
 static void
 s_on_signal (int sig)
@@ -238,6 +256,8 @@ s_instance_env (cli_t *cli, s_service_t *service, int instance)
     size_t len = strlen (service->path);
     memcpy (service->name, service->path, len);
     snprintf (service->name + len, sizeof service->name - len, " #%d", instance);
+    snprintf (service->tag + strlen (service->tag), sizeof service->tag - strlen (service->tag),
+              "#%d", instance);
 
     char path[PATH_MAX + 32], *problem = NULL;
     snprintf (path, sizeof path, "%s/executor-%d.json", ccm_config_home (cli->config), instance);
@@ -285,6 +305,13 @@ s_start (cli_t *cli, s_service_t *service)
         setenv ("CCM_HOME", ccm_config_home (cli->config), 1);
         for (size_t i = 0; service->env[i]; i++)
             putenv (service->env[i]);
+        //  Its readiness is told to us, not to a systemd that runs ccm up.
+        if (*s_notify_name)
+            setenv ("NOTIFY_SOCKET", s_notify_name, 1);
+        else
+            unsetenv ("NOTIFY_SOCKET");
+        unsetenv ("WATCHDOG_USEC");
+        unsetenv ("WATCHDOG_PID");
         signal (SIGINT, SIG_DFL);
         signal (SIGTERM, SIG_DFL);
         execl (service->path, service->path, (char *) NULL);
@@ -292,6 +319,7 @@ s_start (cli_t *cli, s_service_t *service)
         _exit (127);
     }
     service->pid = pid > 0 ? pid : 0;
+    service->ready = false;
     service->started_ms = s_now ();
     service->restart_at_ms = 0;
     if (pid > 0)
@@ -354,9 +382,93 @@ s_supervisor_running (cli_t *cli)
     return access (path, F_OK) == 0;
 }
 
-//  The supervisor loop; returns the exit code.
+//  Opens the supervisor's notify socket: a unix datagram socket in run/ (an
+//  abstract one if that path is too long) that passes each sender's pid.
+//  Sets s_notify_name; returns the fd, or -1 (readiness is then unknown).
 static int
-s_supervise (cli_t *cli, int lock_fd, const char *role)
+s_notify_open (cli_t *cli)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    snprintf (s_notify_name, sizeof s_notify_name, "%s/run/notify.sock",
+              ccm_config_home (cli->config));
+    if (strlen (s_notify_name) >= sizeof addr.sun_path)
+        snprintf (s_notify_name, sizeof s_notify_name, "@ccm-up-%ld", (long) getpid ());
+    size_t len = strlen (s_notify_name);
+    memcpy (addr.sun_path, s_notify_name, len);
+    if (s_notify_name[0] == '@')
+        addr.sun_path[0] = 0;
+    else
+        unlink (s_notify_name);  //  left by a supervisor killed -9
+    int on = 1;
+    int fd = socket (AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0 || setsockopt (fd, SOL_SOCKET, SO_PASSCRED, &on, sizeof on)
+        || bind (fd, (struct sockaddr *) &addr,
+                 (socklen_t) (offsetof (struct sockaddr_un, sun_path) + len))) {
+        s_log ("cannot open %s: %s; the services' readiness is not known", s_notify_name,
+               strerror (errno));
+        if (fd >= 0)
+            close (fd);
+        *s_notify_name = 0;
+        return -1;
+    }
+    return fd;
+}
+
+//  Reads what waits on the notify socket: READY=1 from the pid of one of
+//  the services marks it ready. Anything else is ignored.
+static void
+s_notify_read (int fd, s_service_t *services, size_t count)
+{
+    for (int i = 0; fd >= 0 && i < 64; i++) {
+        char text[4096];
+        union {
+            struct cmsghdr align;
+            char data[CMSG_SPACE (sizeof (struct ucred))];
+        } control;
+        struct iovec iov = {text, sizeof text - 1};
+        struct msghdr msg = {.msg_iov = &iov,
+                             .msg_iovlen = 1,
+                             .msg_control = control.data,
+                             .msg_controllen = sizeof control.data};
+        ssize_t n = recvmsg (fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (n < 0)
+            break;
+        text[n] = 0;
+        pid_t pid = 0;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR (&msg); c; c = CMSG_NXTHDR (&msg, c))
+            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) {
+                struct ucred cred;
+                memcpy (&cred, CMSG_DATA (c), sizeof cred);
+                pid = cred.pid;
+            }
+        bool ready = false;
+        char *rest = text, *line;
+        while ((line = strsep (&rest, "\n")))
+            ready |= strcmp (line, "READY=1") == 0;
+        for (size_t k = 0; ready && pid > 0 && k < count; k++)
+            if (services[k].pid == pid && !services[k].ready) {
+                services[k].ready = true;
+                s_log ("%s is ready (pid %ld)", services[k].name, (long) pid);
+            }
+    }
+}
+
+//  Tells the `ccm up --detach` that waits (fd, -1 if none) one line; on a
+//  failure it stops listening, and *fd_p is -1.
+static void
+s_tell (int *fd_p, const char *line)
+{
+    size_t len = strlen (line);
+    if (*fd_p >= 0 && send (*fd_p, line, len, MSG_NOSIGNAL) != (ssize_t) len) {
+        close (*fd_p);
+        *fd_p = -1;
+    }
+}
+
+//  The supervisor loop; returns the exit code. up_fd (-1 if none) hears
+//  "wait NAME...", "ready NAME PID" and, once every service is ready, "up".
+static int
+s_supervise (cli_t *cli, int lock_fd, const char *role, int up_fd)
 {
     //  czmq would install its own SIGINT/SIGTERM handler at its first socket
     //  (the store pings); the supervisor keeps its own.
@@ -375,7 +487,7 @@ s_supervise (cli_t *cli, int lock_fd, const char *role)
     *strrchr (self, '/') = 0;
 
     int64_t executors = ccm_config_int (cli->config, "up.executors");  //  checked by cli_cmd_up
-    s_service_t services[S_NSERVICES + S_MAX_EXECUTORS - 1];
+    s_service_t services[S_MAX_SERVICES];
     size_t count = 0;
     int64_t first_delay = ccm_config_int (cli->config, "up.restart_delay_ms");
     for (size_t i = 0; i < S_NSERVICES; i++) {
@@ -385,6 +497,7 @@ s_supervise (cli_t *cli, int lock_fd, const char *role)
             memset (service, 0, sizeof *service);
             snprintf (service->path, sizeof service->path, "%s/ccm-%s", self, s_services[i]);
             memcpy (service->name, service->path, sizeof service->path);
+            snprintf (service->tag, sizeof service->tag, "ccm-%s", s_services[i]);
             service->delay_ms = first_delay;
             //  ccm-sync runs only for a machine connected to a hub (ccm sync login).
             if (!strcmp (s_services[i], "sync")
@@ -411,6 +524,13 @@ s_supervise (cli_t *cli, int lock_fd, const char *role)
         return cli_fail ("no service of role %s next to %s/ccm", role, self);
 
     s_log ("ccm up: home %s, role %s, %zu service(s)", ccm_config_home (cli->config), role, count);
+    int notify_fd = s_notify_open (cli);
+    char line[PATH_MAX] = "wait";
+    for (size_t i = 0; i < count; i++)
+        snprintf (line + strlen (line), sizeof line - strlen (line), " %s", services[i].tag);
+    strcat (line, "\n");
+    s_tell (&up_fd, line);
+    bool all_ready = false;
     //  A worker's services reach the hub's store by themselves, and retry.
     size_t first = has_store ? 1 : 0;
     if (has_store)
@@ -424,6 +544,8 @@ s_supervise (cli_t *cli, int lock_fd, const char *role)
             services[0].pid = 0;
             s_log ("ccm-store exited during start-up; see the lines above");
             s_services_free (services, count);
+            if (notify_fd >= 0)
+                close (notify_fd);
             close (lock_fd);
             return 1;
         }
@@ -460,7 +582,38 @@ s_supervise (cli_t *cli, int lock_fd, const char *role)
             if (!services[i].pid && services[i].restart_at_ms
                 && s_now () >= services[i].restart_at_ms)
                 s_start (cli, &services[i]);
-        usleep (50000);
+        //  Wait 50 ms, or less if a service says it is ready.
+        struct pollfd item = {notify_fd, POLLIN, 0};
+        if (notify_fd < 0 || poll (&item, 1, 50) < 0)
+            usleep (50000);
+        bool was[S_MAX_SERVICES], ready = true;
+        for (size_t i = 0; i < count; i++)
+            was[i] = services[i].ready;
+        s_notify_read (notify_fd, services, count);
+        for (size_t i = 0; i < count && notify_fd >= 0; i++) {
+            if (services[i].ready && !was[i]) {
+                snprintf (line, sizeof line, "ready %s %ld\n", services[i].tag,
+                          (long) services[i].pid);
+                s_tell (&up_fd, line);
+            }
+            ready &= services[i].ready;
+        }
+        if (ready && !all_ready) {
+            all_ready = true;
+            s_log ("every service is ready");
+            s_tell (&up_fd, "up\n");
+            if (up_fd >= 0)
+                close (up_fd);
+            up_fd = -1;
+            ccm_notify ("READY=1");  //  to a systemd that runs ccm up, if one does
+        }
+    }
+    if (up_fd >= 0)
+        close (up_fd);
+    if (notify_fd >= 0) {
+        close (notify_fd);
+        if (s_notify_name[0] != '@')
+            unlink (s_notify_name);
     }
 
     s_log ("ccm down: stopping %zu service(s)", count);
@@ -495,6 +648,60 @@ s_supervise (cli_t *cli, int lock_fd, const char *role)
     return 0;
 }
 
+//  Reads the supervisor's lines on fd until "up" (returns 0), the end (the
+//  supervisor stopped: -1) or S_READY_MS (1, with the services not ready
+//  in waiting, each after a space).
+static int
+s_wait_ready (int fd, char *waiting, size_t size)
+{
+    char names[S_MAX_SERVICES][32] = {{0}};
+    char buffer[4096];
+    size_t len = 0;
+    for (int64_t deadline = s_now () + S_READY_MS; s_now () < deadline;) {
+        struct pollfd item = {fd, POLLIN, 0};
+        int left = (int) (deadline - s_now ());
+        if (poll (&item, 1, left > 0 ? left : 0) <= 0)
+            continue;
+        ssize_t n = read (fd, buffer + len, sizeof buffer - 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        len += (size_t) n;
+        buffer[len] = 0;
+        char *start = buffer, *end;
+        while ((end = strchr (start, '\n'))) {
+            *end = 0;
+            if (strcmp (start, "up") == 0)
+                return 0;
+            if (strncmp (start, "wait ", 5) == 0) {
+                char *rest = start + 5, *name;
+                for (size_t i = 0; i < S_MAX_SERVICES && (name = strsep (&rest, " ")); i++)
+                    snprintf (names[i], sizeof names[i], "%s", name);
+            }
+            else if (strncmp (start, "ready ", 6) == 0) {
+                char *name = start + 6;
+                name[strcspn (name, " ")] = 0;
+                for (size_t i = 0; i < S_MAX_SERVICES; i++)
+                    if (strcmp (names[i], name) == 0)
+                        names[i][0] = 0;
+            }
+            start = end + 1;
+        }
+        len -= (size_t) (start - buffer);
+        memmove (buffer, start, len);
+        if (len == sizeof buffer - 1)
+            len = 0;  //  a line that long is no line of ours
+    }
+    *waiting = 0;
+    for (size_t i = 0; i < S_MAX_SERVICES; i++)
+        if (names[i][0] && strlen (waiting) + strlen (names[i]) + 2 < size) {
+            strcat (waiting, " ");
+            strcat (waiting, names[i]);
+        }
+    return 1;
+}
+
 int
 cli_cmd_up (cli_t *cli, int argc, char **argv)
 {
@@ -526,12 +733,17 @@ cli_cmd_up (cli_t *cli, int argc, char **argv)
         return cli_fail ("ccm is already running for %s (pid %ld); 'ccm down' stops it", home,
                          s_supervisor_pid (cli));
     if (!detach)
-        return s_supervise (cli, lock_fd, role);
+        return s_supervise (cli, lock_fd, role, -1);
 
+    //  The supervisor tells us, over this pair, when every service is ready.
+    int pair[2];
+    if (socketpair (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair))
+        return cli_fail ("socketpair: %s", strerror (errno));
     pid_t pid = fork ();
     if (pid < 0)
         return cli_fail ("fork: %s", strerror (errno));
     if (pid == 0) {
+        close (pair[0]);
         setsid ();
         char log_path[PATH_MAX];
         s_path (cli, "log/ccm.log", log_path, sizeof log_path);
@@ -548,29 +760,33 @@ cli_cmd_up (cli_t *cli, int argc, char **argv)
         int len = snprintf (text, sizeof text, "%ld\n", (long) getpid ());
         if (ftruncate (lock_fd, 0) || pwrite (lock_fd, text, (size_t) len, 0) != len)
             s_log ("cannot write the pid file: %s", strerror (errno));
-        _exit (s_supervise (cli, lock_fd, role));
+        _exit (s_supervise (cli, lock_fd, role, pair[1]));
     }
+    close (pair[1]);
     close (lock_fd);
-    if (strcmp (role, "worker") == 0) {
-        //  No store here: up once the supervisor runs; the hub may be away.
-        usleep (300000);
-        if (waitpid (pid, NULL, WNOHANG) == pid)
-            return cli_fail ("ccm up failed; see %s/ccm.log", log_dir);
+    char waiting[PATH_MAX] = "";
+    int rc = s_wait_ready (pair[0], waiting, sizeof waiting);
+    close (pair[0]);
+    bool worker = strcmp (role, "worker") == 0;
+    if (rc < 0 || waitpid (pid, NULL, WNOHANG) == pid)
+        return cli_fail ("ccm up failed; see %s/ccm.log", log_dir);
+    if (rc > 0 && !worker)
+        return cli_fail ("not every service is ready within %d s (still waiting for%s); see "
+                         "%s/ccm.log",
+                         S_READY_MS / 1000, waiting, log_dir);
+    if (worker) {
+        //  A worker's executor needs the hub's store, which may be away: the
+        //  supervisor runs, and the services get ready when it answers.
+        if (rc > 0)
+            fprintf (stderr, "ccm: not ready within %d s:%s (is the hub's store reachable?)\n",
+                     S_READY_MS / 1000, waiting);
         printf ("ccm is up (worker): supervisor pid %ld, home %s, log %s/ccm.log\n", (long) pid,
                 home, log_dir);
         return 0;
     }
-    for (int64_t deadline = s_now () + 15000; s_now () < deadline; usleep (50000)) {
-        long store_pid = s_ping (cli, NULL);
-        if (store_pid) {
-            printf ("ccm is up: store pid %ld, home %s, log %s/ccm.log\n", store_pid, home,
-                    log_dir);
-            return 0;
-        }
-        if (waitpid (pid, NULL, WNOHANG) == pid)
-            return cli_fail ("ccm up failed; see %s/ccm.log", log_dir);
-    }
-    return cli_fail ("the store did not answer within 15 s; see %s/ccm.log", log_dir);
+    printf ("ccm is up: store pid %ld, home %s, log %s/ccm.log\n", s_ping (cli, NULL), home,
+            log_dir);
+    return 0;
 }
 
 int

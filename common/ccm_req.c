@@ -142,10 +142,11 @@ static void
 s_check (ccm_req_t *self)
 {
     int64_t now = ccm_mono_ms ();
-    bool late = false;
-    for (s_item_t *item = zlistx_first (self->inflight); item; item = zlistx_next (self->inflight))
+    s_item_t *late = NULL;
+    for (s_item_t *item = zlistx_first (self->inflight); item && !late;
+         item = zlistx_next (self->inflight))
         if (now - item->sent_ms >= self->timeout_ms)
-            late = true;
+            late = item;
     if (!late)
         return;
     if (self->loop && self->sock)
@@ -170,6 +171,14 @@ s_check (ccm_req_t *self)
     }
     zlistx_destroy (&self->inflight);
     self->inflight = again;
+    //  One line per resend, naming the request that was late.
+    if (zlistx_size (gone))
+        ccm_warn ("no reply from the store in %d ms; %s given up after %d tries, %zu resent",
+                  self->timeout_ms, ((s_item_t *) zlistx_first (gone))->verb, self->retries + 1,
+                  zlistx_size (again));
+    else
+        ccm_warn ("no reply from the store in %d ms; resending %s%s", self->timeout_ms, late->verb,
+                  zlistx_size (again) > 1 ? " and the rest in flight" : "");
     for (item = zlistx_first (self->inflight); item; item = zlistx_next (self->inflight))
         s_send (self, item);
     while ((item = zlistx_detach (gone, NULL)))

@@ -17,17 +17,19 @@
     string. Webhook shapes: "generic" (JSON of the event), "slack"
     ({"text"}), "ntfy" (plain text with a Title header).
 
-    The actions run in an actor thread, off the ingest path: webhooks over
-    curl multi, commands as child processes, each with a timeout and up to
-    S_ATTEMPTS attempts. A follow-up task's idempotency key comes from the
-    event's uid, so a replayed event never adds the task twice. Every
-    outcome goes to automation_events.                                     */
+    The actions run in an actor thread, off the ingest path, on a zloop of
+    their own: webhooks over curl multi, commands as child processes, each
+    with a timeout and up to S_ATTEMPTS attempts, and store requests
+    (task.get, task.add, automation.add) through a ccm_req, so no action
+    waits for the store or holds up another. A follow-up task's
+    idempotency key comes from the event's uid, so a replayed event never
+    adds the task twice. Every outcome goes to automation_events.         */
 
 #include "hooks_internal.h"
 
-#include "ccm_client.h"
 #include "ccm_id.h"
 #include "ccm_log.h"
+#include "ccm_req.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -45,6 +47,10 @@
 #define S_TIMEOUT_MS 10000
 #define S_RETRY_MS   1000
 #define S_FIELDS     4
+#define S_CHECK_MS   10  //  how often running jobs are looked at (curl, children)
+#define S_STORE_MS   3000
+#define S_STORE_TRY  3  //  retries of a store request before the attempt fails
+#define S_WINDOW     8  //  store requests in flight at once
 
 extern char **environ;
 
@@ -58,8 +64,11 @@ typedef struct {
     cJSON *action;  //  the "do" object
 } s_rule_t;
 
+typedef struct _s_runner_t s_runner_t;
+
 //  One run of an action, until it succeeds or runs out of attempts.
 typedef struct {
+    s_runner_t *runner;
     char *automation;
     char *kind;     //  webhook, command, task
     cJSON *action;  //  the "do" object (owned copy)
@@ -72,6 +81,8 @@ typedef struct {
     char *body;
     pid_t pid;
     int64_t deadline_ms;
+    cJSON *task_body;  //  a task's task.add, while its project is looked up
+    bool storing;      //  a task's store request is in flight
     char last_error[256];
 } s_job_t;
 
@@ -237,12 +248,15 @@ hooks_auto_event (hooks_auto_t *self, cJSON *event)
 //  --------------------------------------------------------------------------
 //  The actor: runs the jobs.
 
-typedef struct {
+struct _s_runner_t {
     zsock_t *pipe;
-    ccm_client_t *store;
+    zloop_t *loop;
+    ccm_req_t *store;
     CURLM *multi;
     zlistx_t *jobs;  //  s_job_t
-} s_runner_t;
+    int timer;       //  the check timer, while there are jobs
+    bool stop;       //  $TERM came
+};
 
 //  template with {field} replaced by the event's fields. Caller frees.
 static char *
@@ -275,6 +289,18 @@ s_fill (const char *template, cJSON *event, const char *automation)
     return out;
 }
 
+//  automation.add answered; arg is what it recorded, for the log.
+static void
+s_recorded (void *arg, int rc, cJSON *reply)
+{
+    char *what = arg;
+    if (rc)
+        ccm_warn ("%s not recorded: %s", what,
+                  rc == CCM_ECLOSED ? "stopped before the store answered"
+                                    : ccm_client_strerror (rc, reply));
+    free (what);
+}
+
 static void
 s_record (s_runner_t *self, s_job_t *job, const char *outcome, const char *message)
 {
@@ -295,11 +321,11 @@ s_record (s_runner_t *self, s_job_t *job, const char *outcome, const char *messa
     cJSON_AddNumberToObject (details, "attempts", job->attempts);
     if (message)
         cJSON_AddStringToObject (details, "message", message);
-    cJSON *reply = NULL;
-    if (ccm_client_call (self->store, "automation.add", body, &reply))
-        ccm_warn ("automation '%s': outcome %s not recorded", job->automation, outcome);
-    cJSON_Delete (reply);
-    cJSON_Delete (body);
+    char *what = zsys_sprintf ("automation '%s': outcome %s", job->automation, outcome);
+    if (ccm_req_send (self->store, "automation.add", &body, s_recorded, what)) {
+        ccm_warn ("%s not recorded: cannot send", what);
+        free (what);
+    }
     ccm_info ("automation '%s' (%s): %s%s%s", job->automation, job->kind, outcome,
               message ? ": " : "", message ? message : "");
 }
@@ -316,6 +342,7 @@ s_job_destroy (s_job_t **job_p)
     curl_slist_free_all (job->headers);
     cJSON_Delete (job->action);
     cJSON_Delete (job->event);
+    cJSON_Delete (job->task_body);
     free (job);
     *job_p = NULL;
 }
@@ -418,6 +445,55 @@ s_start_command (s_runner_t *self, s_job_t *job, cJSON *argv_json)
     }
 }
 
+//  task.add answered: the attempt's outcome.
+static void
+s_task_added (void *arg, int rc, cJSON *reply)
+{
+    s_job_t *job = arg;
+    job->storing = false;
+    if (rc == CCM_ECLOSED)
+        return;  //  stopping
+    if (rc == 0) {
+        const char *id =
+            cJSON_GetStringValue (cJSON_GetObjectItem (cJSON_GetObjectItem (reply, "task"), "id"));
+        char message[128];
+        snprintf (message, sizeof message, "task %s added", id ? id : "?");
+        s_record (job->runner, job, "ok", message);
+        job->next_ms = -1;
+    }
+    else if (s_attempt_failed (job->runner, job, ccm_client_strerror (rc, reply)))
+        job->next_ms = -1;
+}
+
+static void
+s_task_add (s_job_t *job)
+{
+    cJSON *body = job->task_body;
+    job->task_body = NULL;
+    job->storing = true;
+    if (ccm_req_send (job->runner->store, "task.add", &body, s_task_added, job)) {
+        job->storing = false;
+        if (s_attempt_failed (job->runner, job, "task.add: cannot send"))
+            job->next_ms = -1;
+    }
+}
+
+//  task.get answered: by default the follow-up goes to the project of the
+//  event's task (none if it cannot be read).
+static void
+s_task_got (void *arg, int rc, cJSON *reply)
+{
+    s_job_t *job = arg;
+    job->storing = false;
+    if (rc == CCM_ECLOSED)
+        return;
+    cJSON *task = cJSON_GetObjectItem (reply, "task");
+    const char *name = cJSON_GetStringValue (cJSON_GetObjectItem (task, "requires_project"));
+    if (rc == 0 && name)
+        cJSON_AddStringToObject (job->task_body, "project", name);
+    s_task_add (job);
+}
+
 static void
 s_start_task (s_runner_t *self, s_job_t *job, cJSON *spec)
 {
@@ -444,23 +520,7 @@ s_start_task (s_runner_t *self, s_job_t *job, cJSON *spec)
     cJSON_AddStringToObject (body, "task_type", type);
     if (parent && strcmp (type, "supervisory") == 0)
         cJSON_AddStringToObject (body, "parent_task_id", parent);
-    cJSON *reply = NULL;
-    if (!project && parent) {
-        //  By default the follow-up goes to the project of the event's task.
-        cJSON *get = cJSON_CreateObject ();
-        cJSON_AddStringToObject (get, "task", parent);
-        if (ccm_client_call (self->store, "task.get", get, &reply) == 0) {
-            cJSON *task = cJSON_GetObjectItem (reply, "task");
-            const char *name =
-                cJSON_GetStringValue (cJSON_GetObjectItem (task, "requires_project"));
-            if (name)
-                cJSON_AddStringToObject (body, "project", name);
-        }
-        cJSON_Delete (get);
-        cJSON_Delete (reply);
-        reply = NULL;
-    }
-    else if (project)
+    if (project)
         cJSON_AddStringToObject (body, "project", project);
     const char *agent = cJSON_GetStringValue (cJSON_GetObjectItem (spec, "agent"));
     if (agent)
@@ -469,19 +529,18 @@ s_start_task (s_runner_t *self, s_job_t *job, cJSON *spec)
     cJSON_AddStringToObject (metadata, "automation", job->automation);
     if (parent)
         cJSON_AddStringToObject (metadata, "parent_task", parent);
-    int rc = ccm_client_call (self->store, "task.add", body, &reply);
-    if (rc == 0) {
-        const char *id =
-            cJSON_GetStringValue (cJSON_GetObjectItem (cJSON_GetObjectItem (reply, "task"), "id"));
-        char message[128];
-        snprintf (message, sizeof message, "task %s added", id ? id : "?");
-        s_record (self, job, "ok", message);
-        job->next_ms = -1;
+    cJSON_Delete (job->task_body);
+    job->task_body = body;
+    if (!project && parent) {
+        //  The project of the event's task first; task.add once it is read.
+        cJSON *get = cJSON_CreateObject ();
+        cJSON_AddStringToObject (get, "task", parent);
+        job->storing = true;
+        if (ccm_req_send (self->store, "task.get", &get, s_task_got, job) == 0)
+            return;
+        job->storing = false;
     }
-    else if (s_attempt_failed (self, job, ccm_client_strerror (rc, reply)))
-        job->next_ms = -1;
-    cJSON_Delete (reply);
-    cJSON_Delete (body);
+    s_task_add (job);
 }
 
 //  Starts the next attempt of job.
@@ -505,6 +564,7 @@ s_take_job (s_runner_t *self, const char *text)
 {
     cJSON *json = cJSON_Parse (text);
     s_job_t *job = calloc (1, sizeof *job);
+    job->runner = self;
     job->automation = strdup (cJSON_GetStringValue (cJSON_GetObjectItem (json, "automation")));
     job->action = cJSON_DetachItemFromObject (json, "do");
     job->event = cJSON_DetachItemFromObject (json, "event");
@@ -577,7 +637,7 @@ s_check (s_runner_t *self)
                 snprintf (job->last_error, sizeof job->last_error, "command timed out");
             }
         }
-        else if (job->next_ms > 0 && !job->curl && now >= job->next_ms)
+        else if (job->next_ms > 0 && !job->curl && !job->storing && now >= job->next_ms)
             s_start (self, job);
     }
     //  Drop finished jobs. zlistx_detach_cur moves the cursor back to the
@@ -585,41 +645,72 @@ s_check (s_runner_t *self)
     //  detached: each job is visited once, however many finish together.
     //  (Taking `next` before a delete visits it twice: a double free.)
     for (s_job_t *job = zlistx_first (self->jobs); job; job = zlistx_next (self->jobs))
-        if (job->next_ms == -1 && !job->curl && job->pid == 0) {
+        if (job->next_ms == -1 && !job->curl && job->pid == 0 && !job->storing) {
             zlistx_detach_cur (self->jobs);
             s_job_destroy (&job);
         }
+}
+
+static int
+s_check_timer (zloop_t *loop, int timer_id, void *arg)
+{
+    (void) loop, (void) timer_id;
+    s_runner_t *self = arg;
+    s_check (self);
+    if (zlistx_size (self->jobs) == 0) {
+        zloop_timer_end (self->loop, self->timer);  //  idle: only the pipe wakes us
+        self->timer = 0;
+    }
+    return 0;
+}
+
+static int
+s_pipe_readable (zloop_t *loop, zsock_t *pipe, void *arg)
+{
+    s_runner_t *self = arg;
+    char *text = zstr_recv (pipe);
+    if (!text || streq (text, "$TERM")) {
+        zstr_free (&text);
+        self->stop = true;
+        return -1;
+    }
+    s_take_job (self, text);
+    zstr_free (&text);
+    if (!self->timer && zlistx_size (self->jobs))
+        self->timer = zloop_timer (loop, S_CHECK_MS, 0, s_check_timer, self);
+    return 0;
 }
 
 static void
 s_runner (zsock_t *pipe, void *arg)
 {
     s_runner_t self = {.pipe = pipe};
-    self.store = ccm_client_new ((const char *) arg, 3000, 3);
+    self.loop = zloop_new ();
+    self.store =
+        self.loop ? ccm_req_new (self.loop, (const char *) arg, S_STORE_MS, S_STORE_TRY, S_WINDOW)
+                  : NULL;
     self.multi = curl_multi_init ();
     self.jobs = zlistx_new ();
+    if (!self.store)
+        ccm_error ("automations: cannot start (the store's socket)");
     zsock_signal (pipe, 0);
-    bool running = true;
-    while (running) {
-        while (zsock_events (pipe) & ZMQ_POLLIN) {
-            char *text = zstr_recv (pipe);
-            if (!text || streq (text, "$TERM")) {
-                running = false;
-                zstr_free (&text);
-                break;
-            }
-            s_take_job (&self, text);
-            zstr_free (&text);
-        }
-        s_check (&self);
-        int numfds = 0;
-        //  Wait for curl or the pipe, at most 50 ms (commands are polled).
-        zmq_pollitem_t item = {zsock_resolve (pipe), 0, ZMQ_POLLIN, 0};
-        if (zlistx_size (self.jobs))
-            curl_multi_poll (self.multi, NULL, 0, 50, &numfds);
-        else
-            zmq_poll (&item, 1, 1000);
+    if (self.store) {
+        //  The actor ends at $TERM, when the ingester says, not at the signal.
+        zloop_set_nonstop (self.loop, true);
+        zloop_reader (self.loop, pipe, s_pipe_readable, &self);
+        while (!self.stop)
+            zloop_start (self.loop);  //  returns early if a signal interrupts its poll
+        //  Outcomes on their way get a moment to be recorded.
+        ccm_req_flush (self.store, 1000);
     }
+    else {
+        //  Nothing can run: jobs are dropped until $TERM.
+        char *text;
+        while ((text = zstr_recv (pipe)) && !streq (text, "$TERM"))
+            zstr_free (&text);
+        zstr_free (&text);
+    }
+    ccm_req_destroy (&self.store);  //  its callbacks see the jobs still there
     for (s_job_t *job = zlistx_first (self.jobs); job; job = zlistx_next (self.jobs)) {
         if (job->curl) {
             curl_multi_remove_handle (self.multi, job->curl);
@@ -629,7 +720,7 @@ s_runner (zsock_t *pipe, void *arg)
     }
     zlistx_destroy (&self.jobs);
     curl_multi_cleanup (self.multi);
-    ccm_client_destroy (&self.store);
+    zloop_destroy (&self.loop);
 }
 
 hooks_auto_t *

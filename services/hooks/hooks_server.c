@@ -13,15 +13,23 @@
       its connection stays open, a permission_requests row is written
       (permission.request), and the answer (permission.answered, heard on
       the store's events and polled for, since PUB may drop) is written
-      back to the waiting ccm-hook. These requests go over a socket of
-      their own, so they never wait behind a batch of hook events.        */
+      back to the waiting ccm-hook. These requests go over a line of
+      their own, so they never wait behind a batch of hook events.
+    - Both lines to the store are ccm_req requesters on the loop, each one
+      request at a time (so in order), resent with the same idem until the
+      store answers: nothing here ever waits for the store.
+    - READY=1 goes out once the socket listens and the journal and spool
+      left by an earlier run are read back: from then on an event is taken. */
 
+#include "hooks.h"
 #include "hooks_internal.h"
 
 #include "ccm_bus.h"
 #include "ccm_id.h"
 #include "ccm_log.h"
 #include "ccm_msg.h"
+#include "ccm_notify.h"
+#include "ccm_req.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -40,8 +48,6 @@
 #define S_REPLY_MS        100   //  the most a reply may wait for room in the socket
 #define S_PARK_MAX        1024  //  PermissionRequests waiting for an answer at once
 #define S_PARK_POLL_MS    1000  //  how often answers are also polled for
-
-typedef struct hooks_t hooks_t;
 
 //  A parked PermissionRequest: a ccm-hook waiting for a human's answer.
 typedef struct {
@@ -66,32 +72,40 @@ typedef struct {
     bool polled;  //  registered with the loop: it sent its record in parts
 } s_conn_t;
 
-//  A request to the store, in flight or queued.
+//  A request of the event line (hook.add, automation.add, agent.upsert),
+//  queued or in flight.
 typedef struct {
+    hooks_t *owner;
     char *verb;
-    cJSON *body;  //  without idem; the same key is reused on a resend
+    cJSON *body;  //  until it is sent; hook.add's is made from events at each send
     char idem[CCM_UUID_LEN + 1];
     zlistx_t *files;   //  paths to delete once it is acked (char *)
     zlistx_t *events;  //  hook.add: the events, as JSON text (char *)
-    int64_t sent_ms;
 } s_request_t;
 
-struct hooks_t {
+//  A request of the permission line in flight: what its answer is about.
+typedef struct {
+    hooks_t *owner;
+    char verb[32];
+    char request[CCM_UUID_LEN + 1];  //  its park's id, for permission.request
+} s_perm_call_t;
+
+struct _hooks_t {
     ccm_config_t *config;
     zloop_t *loop;
     int listen_fd;
-    zsock_t *store;
+    ccm_req_t *store;  //  the event line: hook.add, then audits, then agent states
     char *spool;
     hooks_sessions_t *sessions;
     //  The journal: segments journal-<seq>.log in the spool directory.
     int journal_fd;
     uint64_t journal_seq;
     size_t journal_bytes;
-    zlistx_t *pending;  //  events not yet sent, as JSON text (char *)
-    zlistx_t *waiting;  //  files to delete once every pending event is committed
-    zhashx_t *known;    //  spool and journal files already read (name -> "")
-    s_request_t *inflight;
-    zlistx_t *audits;  //  automation.add requests still to send (s_request_t)
+    zlistx_t *pending;      //  events not yet sent, as JSON text (char *)
+    zlistx_t *waiting;      //  files to delete once every pending event is committed
+    zhashx_t *known;        //  spool and journal files already read (name -> "")
+    s_request_t *inflight;  //  the event line's request the store has not answered
+    zlistx_t *audits;       //  automation.add requests still to send (s_request_t)
     hooks_policy_t *policy;
     hooks_auto_t *autos;
     hooks_stamp_t policy_loaded;  //  the version of policies.json in force
@@ -102,15 +116,13 @@ struct hooks_t {
     zhashx_t *sent_states;        //  agent_id -> the last state sent
     int batch_max;
     size_t batch_bytes;  //  most bytes of events in one hook.add (under store.max_body)
-    int64_t timeout_ms;
     s_conn_t *conns[S_CONN_MAX];
     uint64_t accepted, committed, rejected;
     //  Parked PermissionRequests and their own line to the store.
-    zhashx_t *parked;      //  request id -> s_park_t
-    zsock_t *perm;         //  DEALER to the store: permission.* requests
-    zsock_t *answers;      //  SUB to the store's permission.answered events
-    zlistx_t *perm_queue;  //  s_request_t still to send
-    s_request_t *perm_inflight;
+    zhashx_t *parked;  //  request id -> s_park_t
+    ccm_req_t *perm;   //  the permission line: permission.* requests, in order
+    zsock_t *answers;  //  SUB to the store's permission.answered events
+    bool listing;      //  a permission.list is queued or in flight
     int64_t ask_timeout_ms;
     int64_t last_poll_ms;
     char owner_name[PATH_MAX + 300];  //  who parks: host and socket
@@ -118,7 +130,7 @@ struct hooks_t {
 
 static void s_pump (hooks_t *self);
 static void s_policy_refresh (hooks_t *self);
-static void s_perm_pump (hooks_t *self);
+static void s_perm_send (hooks_t *self, const char *verb, cJSON *body);
 static void s_request_destroy (s_request_t **request_p);
 
 //  --------------------------------------------------------------------------
@@ -465,19 +477,6 @@ s_reply (int fd, const char *text)
 //  --------------------------------------------------------------------------
 //  Parked PermissionRequests
 
-//  Queues a permission.* request on the permission line.
-static void
-s_perm_queue (hooks_t *self, const char *verb, cJSON *body)
-{
-    s_request_t *request = calloc (1, sizeof *request);
-    request->verb = strdup (verb);
-    cJSON_AddNumberToObject (body, "v", 1);
-    request->body = body;
-    ccm_uuid (request->idem);
-    zlistx_add_end (self->perm_queue, request);
-    s_perm_pump (self);
-}
-
 //  Lets go of a park: removes it from the loop and the table, closes it.
 static void
 s_park_free (s_park_t *park)
@@ -532,7 +531,7 @@ s_park_expire (s_park_t *park, const char *why, bool tell_hook)
         cJSON_AddStringToObject (body, "request", park->id);
         cJSON_AddStringToObject (body, "outcome", "expired");
         cJSON_AddStringToObject (body, "reason", why);
-        s_perm_queue (self, "permission.close", body);
+        s_perm_send (self, "permission.close", body);
     }
     s_park_audit (self, park, "skipped", "expired", false, why);
     s_park_free (park);
@@ -554,7 +553,7 @@ s_park_answer (s_park_t *park, const char *status, const char *message, const ch
         cJSON *body = cJSON_CreateObject ();
         cJSON_AddStringToObject (body, "request", park->id);
         cJSON_AddStringToObject (body, "outcome", "delivered");
-        s_perm_queue (self, "permission.close", body);
+        s_perm_send (self, "permission.close", body);
     }
     s_park_audit (self, park, allow ? "allowed" : "denied", status, sent, message);
     s_park_free (park);
@@ -666,7 +665,7 @@ s_park (s_conn_t *conn, cJSON *event, const hooks_record_t *record, s_request_t 
     if (reason)
         cJSON_AddStringToObject (body, "reason", reason);
     cJSON_AddNumberToObject (body, "timeout_ms", (double) self->ask_timeout_ms);
-    s_perm_queue (self, "permission.request", body);
+    s_perm_send (self, "permission.request", body);
     ccm_info ("permission request %.8s: %s waits for an answer (%lld ms)", park->id,
               tool ? tool : "?", (long long) self->ask_timeout_ms);
     return true;
@@ -691,74 +690,74 @@ s_perm_heard (hooks_t *self, cJSON *data)
     }
 }
 
-static void
-s_perm_send (hooks_t *self, s_request_t *request)
-{
-    cJSON_DeleteItemFromObject (request->body, "idem");
-    if (strcmp (request->verb, "permission.list") != 0)
-        cJSON_AddStringToObject (request->body, "idem", request->idem);
-    char *text = cJSON_PrintUnformatted (request->body);
-    zmsg_t *msg = zmsg_new ();
-    zmsg_addstr (msg, request->verb);
-    zmsg_addstr (msg, text ? text : "{}");
-    free (text);
-    if (zmsg_send (&msg, self->perm))
-        zmsg_destroy (&msg);
-    request->sent_ms = ccm_mono_ms ();
-}
+static void s_perm_done (void *arg, int rc, cJSON *reply);
 
+//  Sends a permission.* request (body taken) on the permission line, after
+//  those already on it. A write gets its idem here, kept for every resend.
 static void
-s_perm_pump (hooks_t *self)
+s_perm_send (hooks_t *self, const char *verb, cJSON *body)
 {
-    if (self->perm_inflight || !self->perm)
+    s_perm_call_t *call = calloc (1, sizeof *call);
+    if (!call) {
+        ccm_error ("out of memory; %s not sent", verb);
+        cJSON_Delete (body);
         return;
-    self->perm_inflight = zlistx_detach (self->perm_queue, NULL);
-    if (self->perm_inflight)
-        s_perm_send (self, self->perm_inflight);
+    }
+    call->owner = self;
+    snprintf (call->verb, sizeof call->verb, "%s", verb);
+    const char *request = cJSON_GetStringValue (cJSON_GetObjectItem (body, "request"));
+    snprintf (call->request, sizeof call->request, "%s", request ? request : "");
+    bool list = strcmp (verb, "permission.list") == 0;
+    if (!list)
+        ccm_client_add_idem (body);
+    if (ccm_req_send (self->perm, verb, &body, s_perm_done, call)) {
+        ccm_error ("%s: cannot send", verb);
+        free (call);
+        return;
+    }
+    if (list)
+        self->listing = true;
 }
 
-static int
-s_perm_reply (zloop_t *loop, zsock_t *reader, void *arg)
+//  The store's answer to a permission.* request (on the loop).
+static void
+s_perm_done (void *arg, int rc, cJSON *reply)
 {
-    (void) loop;
-    hooks_t *self = arg;
-    zmsg_t *msg = zmsg_recv (reader);
-    if (!msg)
-        return 0;
-    char *status = zmsg_popstr (msg);
-    char *text = zmsg_popstr (msg);
-    cJSON *body = text ? cJSON_Parse (text) : NULL;
-    s_request_t *request = self->perm_inflight;
-    self->perm_inflight = NULL;
-    bool ok = status && strcmp (status, "ok") == 0;
-    if (request && strcmp (request->verb, "permission.request") == 0) {
-        const char *id = cJSON_GetStringValue (cJSON_GetObjectItem (request->body, "request"));
-        s_park_t *park = id ? zhashx_lookup (self->parked, id) : NULL;
-        if (ok && park)
+    s_perm_call_t *call = arg;
+    hooks_t *self = call->owner;
+    if (strcmp (call->verb, "permission.list") == 0)
+        self->listing = false;
+    if (rc == CCM_ECLOSED) {  //  stopping
+        free (call);
+        return;
+    }
+    if (strcmp (call->verb, "permission.request") == 0) {
+        s_park_t *park = zhashx_lookup (self->parked, call->request);
+        if (rc == 0 && park)
             park->recorded = true;
         else if (park) {
             //  Nobody can answer a request the store refused: let the agent ask.
-            ccm_error ("the store refused permission request %.8s: %s", id,
-                       cJSON_GetStringValue (
-                           cJSON_GetObjectItem (cJSON_GetObjectItem (body, "error"), "message")));
+            ccm_error ("the store refused permission request %.8s: %s", call->request,
+                       ccm_client_strerror (rc, reply));
             s_park_expire (park, "the store refused to record it", true);
         }
+        else if (rc == 0) {
+            //  Its hook ended while the row was being written: nobody waits
+            //  for an answer any more, so the row is closed too.
+            cJSON *body = cJSON_CreateObject ();
+            cJSON_AddStringToObject (body, "request", call->request);
+            cJSON_AddStringToObject (body, "outcome", "expired");
+            cJSON_AddStringToObject (body, "reason", "the hook ended before it was recorded");
+            s_perm_send (self, "permission.close", body);
+        }
     }
-    else if (request && strcmp (request->verb, "permission.list") == 0 && ok) {
+    else if (strcmp (call->verb, "permission.list") == 0 && rc == 0) {
         cJSON *row;
-        cJSON_ArrayForEach (row, cJSON_GetObjectItem (body, "requests")) s_perm_heard (self, row);
+        cJSON_ArrayForEach (row, cJSON_GetObjectItem (reply, "requests")) s_perm_heard (self, row);
     }
-    else if (request && !ok)
-        ccm_warn ("%s refused: %s", request->verb,
-                  cJSON_GetStringValue (
-                      cJSON_GetObjectItem (cJSON_GetObjectItem (body, "error"), "message")));
-    s_request_destroy (&request);
-    cJSON_Delete (body);
-    free (status);
-    free (text);
-    zmsg_destroy (&msg);
-    s_perm_pump (self);
-    return 0;
+    else if (rc != 0)
+        ccm_warn ("%s refused: %s", call->verb, ccm_client_strerror (rc, reply));
+    free (call);
 }
 
 //  A permission.answered event: [topic][seq][event].
@@ -779,8 +778,8 @@ s_answer_event (zloop_t *loop, zsock_t *reader, void *arg)
     return 0;
 }
 
-//  Timers of the parks: expiries, a resend of an unanswered permission
-//  request, and a poll for answers whose event was dropped.
+//  Timers of the parks: expiries, and a poll for answers whose event was
+//  dropped (ccm_req resends an unanswered permission request itself).
 static void
 s_park_tick (hooks_t *self, int64_t now)
 {
@@ -794,24 +793,9 @@ s_park_tick (hooks_t *self, int64_t now)
         s_park_expire (park, why, true);
     }
     zlistx_destroy (&expired);
-    if (self->perm_inflight && now - self->perm_inflight->sent_ms >= self->timeout_ms) {
-        ccm_warn ("no reply from the store in %lld ms; resending %s", (long long) self->timeout_ms,
-                  self->perm_inflight->verb);
-        zloop_reader_end (self->loop, self->perm);
-        zsock_destroy (&self->perm);
-        self->perm = ccm_bus_dealer_connect (ccm_config_str (self->config, "store.endpoint"));
-        if (self->perm) {
-            zloop_reader (self->loop, self->perm, s_perm_reply, self);
-            s_perm_send (self, self->perm_inflight);
-        }
-    }
     if (zhashx_size (self->parked) && now - self->last_poll_ms >= S_PARK_POLL_MS) {
         self->last_poll_ms = now;
-        bool queued = false;
-        for (s_request_t *request = zlistx_first (self->perm_queue); request;
-             request = zlistx_next (self->perm_queue))
-            queued = queued || strcmp (request->verb, "permission.list") == 0;
-        if (!queued) {
+        if (!self->listing) {
             cJSON *body = cJSON_CreateObject ();
             cJSON *ids = cJSON_AddArrayToObject (body, "ids");
             for (s_park_t *park = zhashx_first (self->parked); park;
@@ -821,7 +805,7 @@ s_park_tick (hooks_t *self, int64_t now)
             cJSON_AddStringToObject (body, "status", "any");
             cJSON_AddNumberToObject (body, "limit", S_PARK_MAX);
             if (cJSON_GetArraySize (ids))
-                s_perm_queue (self, "permission.list", body);
+                s_perm_send (self, "permission.list", body);
             else
                 cJSON_Delete (body);
         }
@@ -991,44 +975,49 @@ s_request_destroy (s_request_t **request_p)
     }
 }
 
+static void s_store_done (void *arg, int rc, cJSON *reply);
+
+//  Puts a hook.add that could not be sent back where it came from: its
+//  events first in pending, its files with those still waiting.
 static void
+s_unsend (hooks_t *self, s_request_t *request)
+{
+    char *event;
+    while (request->events && (event = zlistx_last (request->events))) {
+        zlistx_detach_cur (request->events);
+        zlistx_add_start (self->pending, event);
+    }
+    char *path;
+    while (request->files && (path = zlistx_detach (request->files, NULL)))
+        zlistx_add_end (self->waiting, path);
+}
+
+//  Sends request (taken) on the event line; the answer comes to
+//  s_store_done. Returns 0, or -1 if it could not even be queued.
+static int
 s_send (hooks_t *self, s_request_t *request)
 {
-    cJSON_DeleteItemFromObject (request->body, "idem");
-    cJSON_AddStringToObject (request->body, "idem", request->idem);
-    char *text = cJSON_PrintUnformatted (request->body);
-    zmsg_t *msg = zmsg_new ();
-    zmsg_addstr (msg, request->verb);
+    request->owner = self;
+    cJSON *body = request->body ? request->body : cJSON_CreateObject ();
+    request->body = NULL;
+    cJSON_DeleteItemFromObject (body, "idem");
+    cJSON_AddStringToObject (body, "idem", request->idem);
     if (request->events) {
-        //  {"v":1,"idem":"..."} becomes {"v":1,"idem":"...","events":[...]}
-        size_t size = strlen (text) + 16;
+        //  Each event goes as the text it was printed to once, not parsed again.
+        cJSON *events = cJSON_AddArrayToObject (body, "events");
         for (char *event = zlistx_first (request->events); event;
              event = zlistx_next (request->events))
-            size += strlen (event) + 1;
-        char *out = malloc (size);
-        size_t len = strlen (text) - 1;
-        memcpy (out, text, len);
-        len += (size_t) sprintf (out + len, ",\"events\":[");
-        for (char *event = zlistx_first (request->events); event;
-             event = zlistx_next (request->events)) {
-            size_t event_len = strlen (event);
-            memcpy (out + len, event, event_len);
-            len += event_len;
-            out[len++] = ',';
-        }
-        if (out[len - 1] == ',')
-            len--;  //  the last event's comma
-        memcpy (out + len, "]}", 2);
-        len += 2;
-        zmsg_addmem (msg, out, len);
-        free (out);
+            cJSON_AddItemToArray (events, cJSON_CreateRaw (event));
     }
-    else
-        zmsg_addmem (msg, text, strlen (text));
-    free (text);
-    if (zmsg_send (&msg, self->store))
-        zmsg_destroy (&msg);
-    request->sent_ms = ccm_mono_ms ();
+    //  The callback never runs before ccm_req_send returns.
+    self->inflight = request;
+    if (ccm_req_send (self->store, request->verb, &body, s_store_done, request) == 0)
+        return 0;
+    ccm_error ("%s: cannot send (out of memory?); tried again later", request->verb);
+    self->inflight = NULL;
+    s_unsend (self, request);
+    s_request_destroy (&request);
+    return -1;
 }
 
 //  The next batch of pending events, with the files it makes redundant
@@ -1114,10 +1103,8 @@ s_pump (hooks_t *self)
             next = s_next_state (self);
         if (!next && zhashx_size (self->states))
             continue;  //  a state already sent was skipped; look at the next
-        if (!next)
+        if (!next || s_send (self, next))
             return;
-        self->inflight = next;
-        s_send (self, next);
     }
 }
 
@@ -1152,21 +1139,20 @@ s_drop_rejected (hooks_t *self, s_request_t *request, cJSON *error)
     }
 }
 
-static int
-s_store_reply (zloop_t *loop, zsock_t *reader, void *arg)
+//  The store's answer to the event line's request (on the loop).
+static void
+s_store_done (void *arg, int rc, cJSON *reply)
 {
-    (void) loop;
-    hooks_t *self = arg;
-    zmsg_t *msg = zmsg_recv (reader);
-    if (!msg)
-        return 0;
-    char *status = zmsg_popstr (msg);
-    zframe_t *body_frame = zmsg_pop (msg);
-    cJSON *body = body_frame ? cJSON_ParseWithLength ((const char *) zframe_data (body_frame),
-                                                      zframe_size (body_frame))
-                             : NULL;
-    s_request_t *request = self->inflight;
-    if (request && status && strcmp (status, "ok") == 0) {
+    s_request_t *request = arg;
+    hooks_t *self = request->owner;
+    if (self->inflight == request)
+        self->inflight = NULL;
+    if (rc == CCM_ECLOSED) {
+        //  Stopping: its events stay in the journal, read again at the next start.
+        s_request_destroy (&request);
+        return;
+    }
+    if (rc == 0) {
         if (strcmp (request->verb, "hook.add") == 0) {
             self->committed += zlistx_size (request->events);
             for (char *path = zlistx_first (request->files); path;
@@ -1174,54 +1160,38 @@ s_store_reply (zloop_t *loop, zsock_t *reader, void *arg)
                 if (unlink (path) == 0)
                     zhashx_delete (self->known, strrchr (path, '/') + 1);
         }
-        s_request_destroy (&self->inflight);
+        s_request_destroy (&request);
     }
-    else if (request && status) {
-        cJSON *error = cJSON_GetObjectItem (body, "error");
-        if (request->events && zlistx_size (request->events) > 0) {
-            s_drop_rejected (self, request, error);
+    else if (request->events && zlistx_size (request->events) > 0) {
+        s_drop_rejected (self, request, cJSON_GetObjectItem (reply, "error"));
+        if (zlistx_size (request->events) > 0) {
             ccm_uuid (request->idem);  //  a different request now
-            if (zlistx_size (request->events) > 0)
-                s_send (self, request);
-            else {
-                //  Nothing left to write: its files are done with.
-                for (char *path = zlistx_first (request->files); path;
-                     path = zlistx_next (request->files))
-                    unlink (path);
-                s_request_destroy (&self->inflight);
-            }
+            if (s_send (self, request) == 0)
+                return;  //  the rest, resent: s_pump waits for its answer
         }
         else {
-            ccm_warn ("%s refused: %s", request->verb,
-                      cJSON_GetStringValue (cJSON_GetObjectItem (error, "message")));
-            s_request_destroy (&self->inflight);
+            //  Nothing left to write: its files are done with.
+            for (char *path = zlistx_first (request->files); path;
+                 path = zlistx_next (request->files))
+                unlink (path);
+            s_request_destroy (&request);
         }
     }
-    free (status);
-    zframe_destroy (&body_frame);
-    cJSON_Delete (body);
-    zmsg_destroy (&msg);
+    else {
+        ccm_warn ("%s refused: %s", request->verb, ccm_client_strerror (rc, reply));
+        s_request_destroy (&request);
+    }
     s_pump (self);
-    return 0;
 }
 
-//  Resends a request the store has not answered (same idem: never doubled),
-//  on a fresh socket; closes connections that never sent a whole record.
+//  Closes connections that never sent a whole record; the parks' timers.
+//  (An unanswered request is resent by ccm_req, with its same idem.)
 static int
 s_tick (zloop_t *loop, int timer_id, void *arg)
 {
-    (void) timer_id;
+    (void) loop, (void) timer_id;
     hooks_t *self = arg;
     int64_t now = ccm_mono_ms ();
-    if (self->inflight && now - self->inflight->sent_ms >= self->timeout_ms) {
-        ccm_warn ("no reply from the store in %lld ms; resending %s", (long long) self->timeout_ms,
-                  self->inflight->verb);
-        zloop_reader_end (loop, self->store);
-        zsock_destroy (&self->store);
-        self->store = ccm_bus_dealer_connect (ccm_config_str (self->config, "store.endpoint"));
-        zloop_reader (loop, self->store, s_store_reply, self);
-        s_send (self, self->inflight);
-    }
     for (int i = 0; i < S_CONN_MAX; i++)
         if (self->conns[i] && now - self->conns[i]->opened_ms > S_RECV_TIMEOUT_MS)
             s_conn_close (self->conns[i]);
@@ -1229,125 +1199,148 @@ s_tick (zloop_t *loop, int timer_id, void *arg)
     return 0;
 }
 
-int
-hooks_main (ccm_config_t *config)
+hooks_t *
+hooks_new (ccm_config_t *config)
 {
-    hooks_t self = {.config = config, .listen_fd = -1, .journal_fd = -1};
-    self.spool = strdup (ccm_config_str (config, "hooks.spool"));
-    self.batch_max = (int) ccm_config_int (config, "hooks.batch_max");
-    if (self.batch_max < 1 || self.batch_max > 10000)
-        self.batch_max = 10000;
+    hooks_t *self = calloc (1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->config = config;
+    self->listen_fd = -1;
+    self->journal_fd = -1;
+    self->spool = strdup (ccm_config_str (config, "hooks.spool"));
+    self->batch_max = (int) ccm_config_int (config, "hooks.batch_max");
+    if (self->batch_max < 1 || self->batch_max > 10000)
+        self->batch_max = 10000;
     //  Room for the request's own fields (v, idem, the array's brackets).
     int64_t max_body = ccm_config_int (config, "store.max_body");
-    self.batch_bytes = max_body > 65536 ? (size_t) max_body - 4096 : 61440;
-    self.timeout_ms = ccm_config_int (config, "bus.timeout_ms");
-    self.ask_timeout_ms = ccm_config_int (config, "hooks.ask_timeout_ms");
-    if (self.ask_timeout_ms < 1 || self.ask_timeout_ms > 86400000)
-        self.ask_timeout_ms = 300000;
+    self->batch_bytes = max_body > 65536 ? (size_t) max_body - 4096 : 61440;
+    self->ask_timeout_ms = ccm_config_int (config, "hooks.ask_timeout_ms");
+    if (self->ask_timeout_ms < 1 || self->ask_timeout_ms > 86400000)
+        self->ask_timeout_ms = 300000;
     char host[256] = "";
     gethostname (host, sizeof host - 1);
-    snprintf (self.owner_name, sizeof self.owner_name, "%s:%s", host,
+    snprintf (self->owner_name, sizeof self->owner_name, "%s:%s", host,
               ccm_config_str (config, "hooks.socket"));
-    if (mkdir (self.spool, 0700) && errno != EEXIST) {
-        ccm_error ("cannot create %s: %s", self.spool, strerror (errno));
-        free (self.spool);
-        return 1;
+    self->pending = zlistx_new ();
+    zlistx_set_destructor (self->pending, (zlistx_destructor_fn *) zstr_free);
+    self->waiting = zlistx_new ();
+    zlistx_set_destructor (self->waiting, (zlistx_destructor_fn *) zstr_free);
+    self->known = zhashx_new ();
+    self->audits = zlistx_new ();
+    self->states = zhashx_new ();
+    zhashx_set_destructor (self->states, (zhashx_destructor_fn *) zstr_free);
+    self->sent_states = zhashx_new ();
+    zhashx_set_destructor (self->sent_states, (zhashx_destructor_fn *) zstr_free);
+    self->parked = zhashx_new ();
+    if (mkdir (self->spool, 0700) && errno != EEXIST) {
+        ccm_error ("cannot create %s: %s", self->spool, strerror (errno));
+        hooks_destroy (&self);
+        return NULL;
     }
     char sessions_path[PATH_MAX];
-    snprintf (sessions_path, sizeof sessions_path, "%s/sessions.tsv", self.spool);
-    self.sessions = hooks_sessions_new (sessions_path);
-    self.pending = zlistx_new ();
-    zlistx_set_destructor (self.pending, (zlistx_destructor_fn *) zstr_free);
-    self.waiting = zlistx_new ();
-    zlistx_set_destructor (self.waiting, (zlistx_destructor_fn *) zstr_free);
-    self.known = zhashx_new ();
-    self.audits = zlistx_new ();
-    self.autos = hooks_auto_new (ccm_config_str (config, "store.endpoint"));
-    self.states = zhashx_new ();
-    zhashx_set_destructor (self.states, (zhashx_destructor_fn *) zstr_free);
-    self.sent_states = zhashx_new ();
-    zhashx_set_destructor (self.sent_states, (zhashx_destructor_fn *) zstr_free);
+    snprintf (sessions_path, sizeof sessions_path, "%s/sessions.tsv", self->spool);
+    self->sessions = hooks_sessions_new (sessions_path);
+    self->autos = hooks_auto_new (ccm_config_str (config, "store.endpoint"));
     //  Segments left by an earlier run are read by the first scan; this run
     //  appends to a segment numbered after all of them.
-    self.journal_seq = (uint64_t) ccm_wall_ms () * 1000;
-    self.store = ccm_bus_dealer_connect (ccm_config_str (config, "store.endpoint"));
-    self.parked = zhashx_new ();
-    self.perm_queue = zlistx_new ();
-    self.perm = ccm_bus_dealer_connect (ccm_config_str (config, "store.endpoint"));
-    self.answers =
+    self->journal_seq = (uint64_t) ccm_wall_ms () * 1000;
+    self->loop = zloop_new ();
+    //  Both lines resend until the store answers, with the same idem: a
+    //  batch is never given up while we run. One request at a time on each
+    //  keeps their order: a batch's files go only once it and every batch
+    //  before it are committed, and a request's row is written before it
+    //  is closed.
+    const char *endpoint = ccm_config_str (config, "store.endpoint");
+    int timeout_ms = (int) ccm_config_int (config, "bus.timeout_ms");
+    self->store = self->loop ? ccm_req_new (self->loop, endpoint, timeout_ms, -1, 1) : NULL;
+    self->perm = self->loop ? ccm_req_new (self->loop, endpoint, timeout_ms, -1, 1) : NULL;
+    self->answers =
         ccm_bus_sub_connect (ccm_config_str (config, "store.pub_endpoint"), "permission.answered");
-    self.loop = zloop_new ();
-    int rc = 1;
-    if (self.store && s_journal_open (&self) == 0 && s_listen (&self) == 0) {
-        zmq_pollitem_t listen_item = {NULL, self.listen_fd, ZMQ_POLLIN, 0};
-        zloop_poller (self.loop, &listen_item, s_accept, &self);
-        zloop_reader (self.loop, self.store, s_store_reply, &self);
-        if (self.perm)
-            zloop_reader (self.loop, self.perm, s_perm_reply, &self);
-        if (self.answers)
-            zloop_reader (self.loop, self.answers, s_answer_event, &self);
-        //  Hooks parked by an earlier run are gone with it: their requests
-        //  can no longer be delivered.
-        cJSON *body = cJSON_CreateObject ();
-        cJSON_AddStringToObject (body, "owner", self.owner_name);
-        cJSON_AddStringToObject (body, "outcome", "expired");
-        cJSON_AddStringToObject (body, "reason", "ccm-hooks restarted: the hook was let go");
-        s_perm_queue (&self, "permission.close", body);
-        zloop_timer (self.loop, S_SPOOL_SCAN_MS, 0, s_scan_spool, &self);
-        zloop_timer (self.loop, 500, 0, s_tick, &self);
-        s_scan_spool (self.loop, 0, &self);  //  drain what waited for us
-        ccm_info ("ready: listening on %s", ccm_config_str (config, "hooks.socket"));
-        zloop_start (self.loop);
-        rc = 0;
-        ccm_info ("stopping: %llu event(s) taken, %llu committed, %llu rejected; %zu pending "
-                  "(kept in the journal)",
-                  (unsigned long long) self.accepted, (unsigned long long) self.committed,
-                  (unsigned long long) self.rejected, zlistx_size (self.pending));
+    if (!self->store || !self->perm || s_journal_open (self) || s_listen (self)) {
+        if (!self->store || !self->perm)
+            ccm_error ("cannot start: the store's sockets");
+        hooks_destroy (&self);
+        return NULL;
     }
+    zmq_pollitem_t listen_item = {NULL, self->listen_fd, ZMQ_POLLIN, 0};
+    zloop_poller (self->loop, &listen_item, s_accept, self);
+    if (self->answers)
+        zloop_reader (self->loop, self->answers, s_answer_event, self);
+    zloop_timer (self->loop, S_SPOOL_SCAN_MS, 0, s_scan_spool, self);
+    zloop_timer (self->loop, 500, 0, s_tick, self);
+    //  Hooks parked by an earlier run are gone with it: their requests
+    //  can no longer be delivered.
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "owner", self->owner_name);
+    cJSON_AddStringToObject (body, "outcome", "expired");
+    cJSON_AddStringToObject (body, "reason", "ccm-hooks restarted: the hook was let go");
+    s_perm_send (self, "permission.close", body);
+    return self;
+}
+
+int
+hooks_run (hooks_t *self)
+{
+    s_scan_spool (self->loop, 0, self);  //  drain what waited for us
+    ccm_info ("ready: listening on %s", ccm_config_str (self->config, "hooks.socket"));
+    ccm_notify ("READY=1");
+    zloop_start (self->loop);
+    ccm_info ("stopping: %llu event(s) taken, %llu committed, %llu rejected; %zu pending "
+              "(kept in the journal)",
+              (unsigned long long) self->accepted, (unsigned long long) self->committed,
+              (unsigned long long) self->rejected, zlistx_size (self->pending));
+    return 0;
+}
+
+void
+hooks_destroy (hooks_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    hooks_t *self = *self_p;
     for (int i = 0; i < S_CONN_MAX; i++)
-        if (self.conns[i])
-            s_conn_close (self.conns[i]);
+        if (self->conns[i])
+            s_conn_close (self->conns[i]);
     //  Parked hooks end with no decision: their agents ask in their dialog.
-    for (s_park_t *park = zhashx_first (self.parked); park; park = zhashx_first (self.parked)) {
+    for (s_park_t *park = zhashx_first (self->parked); park; park = zhashx_first (self->parked)) {
         s_reply (park->fd, NULL);
         s_park_free (park);
     }
-    zhashx_destroy (&self.parked);
-    for (s_request_t *request = zlistx_detach (self.perm_queue, NULL); request;
-         request = zlistx_detach (self.perm_queue, NULL))
-        s_request_destroy (&request);
-    zlistx_destroy (&self.perm_queue);
-    s_request_destroy (&self.perm_inflight);
-    zsock_destroy (&self.perm);
-    zsock_destroy (&self.answers);
-    if (self.listen_fd >= 0) {
-        close (self.listen_fd);
-        unlink (ccm_config_str (config, "hooks.socket"));
+    zhashx_destroy (&self->parked);
+    //  What the store has not answered stays where it came from (the
+    //  journal): the callbacks only free their requests.
+    ccm_req_destroy (&self->perm);
+    ccm_req_destroy (&self->store);
+    zsock_destroy (&self->answers);
+    if (self->listen_fd >= 0) {
+        close (self->listen_fd);
+        unlink (ccm_config_str (self->config, "hooks.socket"));
     }
-    if (self.journal_fd >= 0) {
-        close (self.journal_fd);
-        if (self.journal_bytes == 0) {
+    if (self->journal_fd >= 0) {
+        close (self->journal_fd);
+        if (self->journal_bytes == 0) {
             char path[PATH_MAX];
-            snprintf (path, sizeof path, "%s/journal-%020llu.log", self.spool,
-                      (unsigned long long) self.journal_seq);
+            snprintf (path, sizeof path, "%s/journal-%020llu.log", self->spool,
+                      (unsigned long long) self->journal_seq);
             unlink (path);  //  nothing in it
         }
     }
-    zloop_destroy (&self.loop);
-    zsock_destroy (&self.store);
-    s_request_destroy (&self.inflight);
-    zlistx_destroy (&self.pending);
-    zlistx_destroy (&self.waiting);
-    zhashx_destroy (&self.known);
-    for (s_request_t *audit = zlistx_detach (self.audits, NULL); audit;
-         audit = zlistx_detach (self.audits, NULL))
+    zloop_destroy (&self->loop);
+    s_request_destroy (&self->inflight);
+    zlistx_destroy (&self->pending);
+    zlistx_destroy (&self->waiting);
+    zhashx_destroy (&self->known);
+    for (s_request_t *audit = self->audits ? zlistx_detach (self->audits, NULL) : NULL; audit;
+         audit = zlistx_detach (self->audits, NULL))
         s_request_destroy (&audit);
-    zlistx_destroy (&self.audits);
-    hooks_policy_destroy (&self.policy);
-    hooks_auto_destroy (&self.autos);
-    zhashx_destroy (&self.states);
-    zhashx_destroy (&self.sent_states);
-    hooks_sessions_destroy (&self.sessions);
-    free (self.spool);
-    return rc;
+    zlistx_destroy (&self->audits);
+    hooks_policy_destroy (&self->policy);
+    hooks_auto_destroy (&self->autos);
+    zhashx_destroy (&self->states);
+    zhashx_destroy (&self->sent_states);
+    hooks_sessions_destroy (&self->sessions);
+    free (self->spool);
+    free (self);
+    *self_p = NULL;
 }

@@ -1,9 +1,7 @@
 /*  ccm-hooks: the hook ingester (see hooks_server.c).                       */
 
-#include "ccm_notify.h"
 #include "ccm_service.h"
-
-int hooks_main (ccm_config_t *config);
+#include "hooks.h"
 
 int
 main (int argc, char **argv)
@@ -13,8 +11,9 @@ main (int argc, char **argv)
         "ccm-hooks", "The hook ingester: takes events from ccm-hook to the store", argc, argv, &rc);
     if (!config)
         return rc;
-    ccm_notify ("READY=1");
-    rc = hooks_main (config);
+    hooks_t *hooks = hooks_new (config);
+    rc = hooks ? hooks_run (hooks) : 1;
+    hooks_destroy (&hooks);
     ccm_config_destroy (&config);
     return rc;
 }

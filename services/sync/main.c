@@ -1,6 +1,5 @@
 /*  ccm-sync: the sync engine (see sync_server.c).                         */
 
-#include "ccm_notify.h"
 #include "ccm_service.h"
 #include "sync.h"
 
@@ -13,8 +12,9 @@ main (int argc, char **argv)
         argc, argv, &rc);
     if (!config)
         return rc;
-    ccm_notify ("READY=1");
-    rc = sync_main (config);
+    sync_t *sync = sync_new (config);
+    rc = sync ? sync_run (sync) : 1;
+    sync_destroy (&sync);
     ccm_config_destroy (&config);
     return rc;
 }

@@ -4,14 +4,19 @@
                    and how a hub response is judged (sync_judge)
     sync_push.c    one push round: sync.pending -> upserts -> sync.mark
     sync_pull.c    one pull pass: systems, tasks for here, watched tasks and
-                   their results, skills (written as SKILL.md files)      */
+                   their results, skills (written as SKILL.md files)
+
+    Every store request is asynchronous (ccm_req on the loop) and every HTTP
+    request goes through curl multi on the loop: each step of a round or a
+    pass goes on in the callback of the one before.                       */
 
 #ifndef SYNC_INTERNAL_H_INCLUDED
 #define SYNC_INTERNAL_H_INCLUDED
 
-#include "ccm_client.h"
 #include "ccm_config.h"
 #include "ccm_cred.h"
+#include "ccm_req.h"
+#include "sync.h"
 #include "sync_http.h"
 
 #include <czmq.h>
@@ -39,23 +44,29 @@ typedef enum {
 
 typedef enum { SYNC_IDLE, SYNC_PUSHING, SYNC_PULLING, SYNC_REFRESHING } sync_phase_t;
 
-typedef struct _sync_t sync_t;
 typedef struct _sync_round_t sync_round_t;
 typedef struct _sync_pull_t sync_pull_t;
 
 struct _sync_t {
     ccm_config_t *config;
     zloop_t *loop;
-    ccm_client_t *store;
-    zsock_t *events;  //  SUB: any committed change may have queued rows
+    ccm_req_t *store;  //  every store request, one at a time, in order
+    zsock_t *events;   //  SUB: any committed change may have queued rows
     sync_http_t *http;
     char *cred_path;
     ccm_cred_t cred;
     bool have_cred;
     int64_t cred_mtime_ns;
     char me[128];  //  this system's id; empty until known
+    char machine_id[256];
+    bool finding;      //  a system.list to find me is in flight
+    int64_t found_ms;  //  mono: when the last one was answered
     sync_state_t state;
     char detail[512];
+    int state_writes;   //  sync.set_state requests in flight
+    bool state_unsent;  //  the last one failed: the store's state is stale
+    bool settled;       //  the first state is known (no hub, or the hub's answer)
+    bool ready;         //  READY=1 was sent
     sync_phase_t phase;
     bool push_wanted;  //  a change was committed since the last round
     bool retry_after_refresh;
@@ -65,6 +76,7 @@ struct _sync_t {
     int64_t last_pull_ms;  //  mono
     int64_t watchdog_ms;   //  mono: last WATCHDOG=1
     int64_t pending;       //  rows waiting, as of the last sync.pending
+    int push_limit;        //  the limit of the last sync.pending
     zhashx_t *suspects;    //  "table\trecord" -> 1: sent alone after a batch was refused
     sync_round_t *round;
     sync_pull_t *pull;
@@ -79,9 +91,22 @@ struct _sync_t {
 
 //  sync_server.c
 
-//  Calls the store; returns the reply (caller owns) or NULL (logged). A
-//  write gets a fresh idempotency key.
-cJSON *sync_call (sync_t *self, const char *verb, cJSON *body, bool write);
+//  Sends a read (body taken) to the store; fn gets the outcome on the loop,
+//  at once with CCM_EPROTO if it cannot be sent. fn NULL logs a failure
+//  (verb must then be a string literal).
+void sync_read (sync_t *self, const char *verb, cJSON *body, ccm_req_fn *fn, void *arg);
+
+//  The same for a write, which gets a fresh idempotency key first (kept on
+//  every resend).
+void sync_write (sync_t *self, const char *verb, cJSON *body, ccm_req_fn *fn, void *arg);
+
+//  True if rc is 0; otherwise logs why verb failed (not CCM_ECLOSED: that
+//  is the shutdown) and returns false.
+bool sync_ok (const char *verb, int rc, cJSON *reply);
+
+//  Nothing to push: says Online (when it was LocalOnly or Syncing) and
+//  starts a pull when one is due.
+void sync_idle (sync_t *self);
 
 //  Sets and publishes the connectivity state when it changes.
 void sync_set_state (sync_t *self, sync_state_t state, const char *detail);
@@ -103,18 +128,19 @@ char *sync_escape (const char *text);
 
 //  sync_push.c
 
-//  Starts a push round. Returns 1 if requests are in flight, 0 if nothing
-//  was pending (the caller goes on to pull), -1 on a store failure.
-int sync_push_start (sync_t *self);
+//  Starts a push round: asks the store what is pending (phase PUSHING). With
+//  nothing pending it goes on to sync_idle; a store failure waits
+//  sync.backoff_base_ms.
+void sync_push_start (sync_t *self);
 
 //  Frees a round (at shutdown).
 void sync_round_destroy (sync_round_t **round_p);
 
 //  sync_pull.c
 
-//  Starts a pull pass. Returns 1 if a request is in flight, 0 if there was
-//  nothing to pull, -1 on failure.
-int sync_pull_start (sync_t *self);
+//  Starts a pull pass (phase PULLING); a store failure waits
+//  sync.backoff_base_ms.
+void sync_pull_start (sync_t *self);
 
 void sync_pull_destroy (sync_pull_t **pull_p);
 

@@ -38,7 +38,9 @@ struct _sync_pull_t {
     int step;
     int sub;  //  keyset: 0 the ties of the cursor's time, 1 what follows it
     char *cur_upd, *cur_id;
-    char *watch;  //  "id1,id2,...": the watched tasks, for in.(...)
+    char *watch;      //  "id1,id2,...": the watched tasks, for in.(...)
+    bool watch_read;  //  sync.watch was answered in this pass
+    cJSON *rows;      //  the page the store is applying
 };
 
 void
@@ -49,6 +51,7 @@ sync_pull_destroy (sync_pull_t **pull_p)
         free (pull->cur_upd);
         free (pull->cur_id);
         free (pull->watch);
+        cJSON_Delete (pull->rows);
         free (pull);
         *pull_p = NULL;
     }
@@ -93,34 +96,51 @@ s_end (sync_pull_t *pull, sync_verdict_t verdict, const char *why)
     sync_after (self, verdict, why);
 }
 
-//  Moves to the next step that has something to ask; ends the pass after
-//  the last.
+static void s_enter (sync_pull_t *pull);
+
+//  sync.watch answered: the tasks made here for other systems.
 static void
-s_next_step (sync_pull_t *pull)
+s_watched (void *arg, int rc, cJSON *reply)
+{
+    sync_pull_t *pull = (sync_pull_t *) arg;
+    if (rc == CCM_ECLOSED)
+        return;
+    free (pull->watch);
+    pull->watch = NULL;
+    cJSON *tasks = sync_ok ("sync.watch", rc, reply)
+                       ? cJSON_GetObjectItemCaseSensitive (reply, "tasks")
+                       : NULL;
+    if (cJSON_GetArraySize (tasks) > 0) {
+        size_t len = 0;
+        FILE *stream = open_memstream (&pull->watch, &len);
+        cJSON *id;
+        int i = 0;
+        cJSON_ArrayForEach (id, tasks) if (cJSON_IsString (id))
+            fprintf (stream, "%s%s", i++ ? "," : "", id->valuestring);
+        fclose (stream);
+    }
+    pull->watch_read = true;
+    s_enter (pull);
+}
+
+//  Goes from pull->step to the first step that has something to ask (the
+//  watched tasks are asked of the store first); ends the pass after the last.
+static void
+s_enter (sync_pull_t *pull)
 {
     sync_t *self = pull->owner;
-    for (pull->step++; pull->step < S_STEPS; pull->step++) {
+    for (; pull->step < S_STEPS; pull->step++) {
         if (pull->step == S_TASKS && !*self->me)
             continue;
         if (pull->step == S_WATCHED) {
-            free (pull->watch);
-            pull->watch = NULL;
             if (!*self->me)
                 continue;
-            cJSON *body = cJSON_CreateObject ();
-            cJSON_AddStringToObject (body, "system_id", self->me);
-            cJSON *reply = sync_call (self, "sync.watch", body, false);
-            cJSON *tasks = cJSON_GetObjectItemCaseSensitive (reply, "tasks");
-            if (cJSON_GetArraySize (tasks) > 0) {
-                size_t len = 0;
-                FILE *stream = open_memstream (&pull->watch, &len);
-                cJSON *id;
-                int i = 0;
-                cJSON_ArrayForEach (id, tasks) if (cJSON_IsString (id))
-                    fprintf (stream, "%s%s", i++ ? "," : "", id->valuestring);
-                fclose (stream);
+            if (!pull->watch_read) {
+                cJSON *body = cJSON_CreateObject ();
+                cJSON_AddStringToObject (body, "system_id", self->me);
+                sync_read (self, "sync.watch", body, s_watched, pull);
+                return;  //  s_watched comes back here
             }
-            cJSON_Delete (reply);
             if (!pull->watch)
                 pull->step = S_RESULTS;  //  nothing watched: no results either
             else
@@ -139,6 +159,15 @@ s_next_step (sync_pull_t *pull)
         s_load_cursor (pull);
     if (s_request (pull))
         s_end (pull, SYNC_TRANSIENT, "cannot start a request to the hub");
+}
+
+//  Moves to the next step that has something to ask; ends the pass after
+//  the last.
+static void
+s_next_step (sync_pull_t *pull)
+{
+    pull->step++;
+    s_enter (pull);
 }
 
 //  Writes one skill as <dir>/<name>/SKILL.md, atomically.
@@ -178,18 +207,24 @@ s_write_skill (sync_t *self, const char *name, const char *content)
     }
 }
 
-//  Applies a page; returns 0, or -1 if the store refused it.
-static int
-s_apply (sync_pull_t *pull, cJSON *rows)
+static void s_page_done (sync_pull_t *pull, cJSON *rows);
+
+//  sync.apply answered: the page is in the store (skills written), or the
+//  pass stops.
+static void
+s_applied (void *arg, int rc, cJSON *reply)
 {
+    sync_pull_t *pull = (sync_pull_t *) arg;
+    if (rc == CCM_ECLOSED)
+        return;
     sync_t *self = pull->owner;
-    cJSON *body = cJSON_CreateObject ();
-    cJSON_AddStringToObject (body, "table", s_step_table[pull->step]);
-    cJSON_AddStringToObject (body, "system_id", *self->me ? self->me : "-");
-    cJSON_AddItemReferenceToObject (body, "rows", rows);
-    cJSON *reply = sync_call (self, "sync.apply", body, true);
-    if (!reply)
-        return -1;
+    cJSON *rows = pull->rows;
+    pull->rows = NULL;
+    if (!sync_ok ("sync.apply", rc, reply)) {
+        cJSON_Delete (rows);
+        s_end (pull, SYNC_TRANSIENT, "the store refused a pulled page");
+        return;
+    }
     cJSON *applied = cJSON_GetObjectItemCaseSensitive (reply, "applied");
     if (cJSON_IsNumber (applied))
         self->pulled += (uint64_t) applied->valuedouble;
@@ -208,8 +243,7 @@ s_apply (sync_pull_t *pull, cJSON *rows)
             }
         }
     }
-    cJSON_Delete (reply);
-    return 0;
+    s_page_done (pull, rows);
 }
 
 static void
@@ -233,12 +267,26 @@ s_done (const sync_http_resp_t *resp, void *arg)
         s_end (pull, SYNC_TRANSIENT, why);
         return;
     }
-    int count = cJSON_GetArraySize (rows);
-    if (count > 0 && s_apply (pull, rows)) {
-        cJSON_Delete (rows);
-        s_end (pull, SYNC_TRANSIENT, "the store refused a pulled page");
+    if (cJSON_GetArraySize (rows) == 0) {
+        s_page_done (pull, rows);
         return;
     }
+    //  The store applies the page; the pass goes on in s_applied.
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "table", s_step_table[pull->step]);
+    cJSON_AddStringToObject (body, "system_id", *self->me ? self->me : "-");
+    cJSON_AddItemReferenceToObject (body, "rows", rows);
+    pull->rows = rows;
+    sync_write (self, "sync.apply", body, s_applied, pull);
+}
+
+//  A page is applied (rows taken): the cursor moves, and the next page, or
+//  the next step, is asked for.
+static void
+s_page_done (sync_pull_t *pull, cJSON *rows)
+{
+    sync_t *self = pull->owner;
+    int count = cJSON_GetArraySize (rows);
     if (!s_keyset (pull->step) || count == 0) {
         cJSON_Delete (rows);
         if (s_keyset (pull->step) && pull->sub == 0) {
@@ -270,7 +318,8 @@ s_done (const sync_http_resp_t *resp, void *arg)
         cJSON *body = cJSON_CreateObject ();
         cJSON *values = cJSON_AddObjectToObject (body, "values");
         cJSON_AddStringToObject (values, key, value);
-        cJSON_Delete (sync_call (self, "sync.meta.set", body, true));
+        //  Before the next page's sync.apply: one request at a time, in order.
+        sync_write (self, "sync.meta.set", body, NULL, NULL);
         if (cJSON_GetObjectItemCaseSensitive (self->meta, key))
             cJSON_ReplaceItemInObjectCaseSensitive (self->meta, key, cJSON_CreateString (value));
         else
@@ -330,24 +379,39 @@ s_request (sync_pull_t *pull)
     return rc;
 }
 
-int
-sync_pull_start (sync_t *self)
+//  sync.meta answered: the cursors; the pass begins.
+static void
+s_meta_read (void *arg, int rc, cJSON *reply)
 {
-    cJSON *reply = sync_call (self, "sync.meta", cJSON_CreateObject (), false);
-    if (!reply)
-        return -1;
+    sync_pull_t *pull = (sync_pull_t *) arg;
+    if (rc == CCM_ECLOSED)
+        return;
+    sync_t *self = pull->owner;
+    if (!sync_ok ("sync.meta", rc, reply)) {
+        self->pull = NULL;
+        sync_pull_destroy (&pull);
+        self->phase = SYNC_IDLE;
+        self->next_try_ms = zclock_mono () + self->backoff_base_ms;
+        return;
+    }
     cJSON_Delete (self->meta);
     self->meta = cJSON_DetachItemFromObject (reply, "meta");
-    cJSON_Delete (reply);
     if (!self->meta)
         self->meta = cJSON_CreateObject ();
+    s_next_step (pull);
+}
+
+void
+sync_pull_start (sync_t *self)
+{
     sync_pull_t *pull = calloc (1, sizeof *pull);
-    if (!pull)
-        return -1;
+    if (!pull) {
+        self->next_try_ms = zclock_mono () + self->backoff_base_ms;
+        return;
+    }
     pull->owner = self;
     pull->step = -1;
     self->pull = pull;
     self->phase = SYNC_PULLING;
-    s_next_step (pull);
-    return 1;
+    sync_read (self, "sync.meta", cJSON_CreateObject (), s_meta_read, pull);
 }

@@ -70,6 +70,7 @@ struct _sync_round_t {
     bool full;  //  sync.pending returned a full page: more waits
     cJSON *synced;
     zlist_t *marks;  //  cJSON {outcome, error, items}: failed and parked groups
+    int marking;     //  sync.mark requests not answered yet, at the end
     sync_verdict_t verdict;
     char why[512];
 };
@@ -283,32 +284,11 @@ s_plan_item (sync_round_t *round, cJSON *item)
 
 static void s_send_level (sync_round_t *round);
 
+//  Every mark is answered: the round is over.
 static void
-s_finish (sync_round_t *round)
+s_end (sync_round_t *round)
 {
     sync_t *self = round->owner;
-    //  Marks go to the store first: what is marked synced is never sent again.
-    if (cJSON_GetArraySize (round->synced) > 0) {
-        cJSON *body = cJSON_CreateObject ();
-        cJSON_AddStringToObject (body, "outcome", "synced");
-        cJSON_AddItemToObject (body, "items", round->synced);
-        round->synced = NULL;
-        cJSON *reply = sync_call (self, "sync.mark", body, true);
-        cJSON *marked = cJSON_GetObjectItemCaseSensitive (reply, "marked");
-        if (cJSON_IsNumber (marked))
-            self->pushed += (uint64_t) marked->valuedouble;
-        cJSON_Delete (reply);
-    }
-    cJSON *mark;
-    while ((mark = (cJSON *) zlist_pop (round->marks))) {
-        if (!strcmp (s_str (mark, "outcome"), "parked")) {
-            self->parked += (uint64_t) cJSON_GetArraySize (cJSON_GetObjectItem (mark, "items"));
-            ccm_warn ("parked %d row(s): %s",
-                      cJSON_GetArraySize (cJSON_GetObjectItem (mark, "items")),
-                      s_str (mark, "error"));
-        }
-        cJSON_Delete (sync_call (self, "sync.mark", mark, true));
-    }
     sync_verdict_t verdict = round->verdict;
     char why[512];
     snprintf (why, sizeof why, "%s", round->why);
@@ -324,6 +304,62 @@ s_finish (sync_round_t *round)
     else if (verdict == SYNC_PARENT)
         verdict = SYNC_TRANSIENT;
     sync_after (self, verdict, why);
+}
+
+static void
+s_marked (sync_round_t *round, int rc, cJSON *reply, bool synced)
+{
+    if (rc == CCM_ECLOSED)
+        return;  //  stopping: the round is freed with the engine
+    sync_t *self = round->owner;
+    cJSON *marked = cJSON_GetObjectItemCaseSensitive (reply, "marked");
+    if (sync_ok ("sync.mark", rc, reply) && synced && cJSON_IsNumber (marked))
+        self->pushed += (uint64_t) marked->valuedouble;
+    if (--round->marking == 0)
+        s_end (round);
+}
+
+static void
+s_synced_done (void *arg, int rc, cJSON *reply)
+{
+    s_marked ((sync_round_t *) arg, rc, reply, true);
+}
+
+static void
+s_mark_done (void *arg, int rc, cJSON *reply)
+{
+    s_marked ((sync_round_t *) arg, rc, reply, false);
+}
+
+static void
+s_finish (sync_round_t *round)
+{
+    sync_t *self = round->owner;
+    //  Marks go to the store first: what is marked synced is never sent
+    //  again. The round ends once they are answered (one held here, so it
+    //  cannot end before they are all sent).
+    round->marking = 1;
+    if (cJSON_GetArraySize (round->synced) > 0) {
+        cJSON *body = cJSON_CreateObject ();
+        cJSON_AddStringToObject (body, "outcome", "synced");
+        cJSON_AddItemToObject (body, "items", round->synced);
+        round->synced = NULL;
+        round->marking++;
+        sync_write (self, "sync.mark", body, s_synced_done, round);
+    }
+    cJSON *mark;
+    while ((mark = (cJSON *) zlist_pop (round->marks))) {
+        if (!strcmp (s_str (mark, "outcome"), "parked")) {
+            self->parked += (uint64_t) cJSON_GetArraySize (cJSON_GetObjectItem (mark, "items"));
+            ccm_warn ("parked %d row(s): %s",
+                      cJSON_GetArraySize (cJSON_GetObjectItem (mark, "items")),
+                      s_str (mark, "error"));
+        }
+        round->marking++;
+        sync_write (self, "sync.mark", mark, s_mark_done, round);
+    }
+    if (--round->marking == 0)
+        s_end (round);
 }
 
 static void
@@ -468,7 +504,44 @@ s_send_level (sync_round_t *round)
     s_finish (round);
 }
 
-int
+static void
+s_pending_done (void *arg, int rc, cJSON *reply)
+{
+    sync_t *self = (sync_t *) arg;
+    if (rc == CCM_ECLOSED)
+        return;
+    if (!sync_ok ("sync.pending", rc, reply)) {
+        self->phase = SYNC_IDLE;
+        self->next_try_ms = zclock_mono () + self->backoff_base_ms;
+        return;
+    }
+    cJSON *pending = cJSON_GetObjectItemCaseSensitive (reply, "pending");
+    self->pending = cJSON_IsNumber (pending) ? (int64_t) pending->valuedouble : 0;
+    cJSON *items = cJSON_GetObjectItemCaseSensitive (reply, "items");
+    int count = cJSON_GetArraySize (items);
+    if (count == 0) {
+        zhashx_purge (self->suspects);
+        self->phase = SYNC_IDLE;
+        sync_idle (self);
+        return;
+    }
+    sync_round_t *round = calloc (1, sizeof *round);
+    round->owner = self;
+    round->full = count >= self->push_limit;
+    round->synced = cJSON_CreateArray ();
+    round->marks = zlist_new ();
+    for (int i = 0; i < S_LEVELS; i++)
+        round->todo[i] = zlist_new ();
+    cJSON *item;
+    cJSON_ArrayForEach (item, items) s_plan_item (round, item);
+    self->round = round;
+    //  Offline or Queuing stays so until a request goes through.
+    if (self->state == SYNC_ONLINE || self->state == SYNC_LOCAL_ONLY)
+        sync_set_state (self, SYNC_SYNCING, "pushing queued changes");
+    s_send_level (round);
+}
+
+void
 sync_push_start (sync_t *self)
 {
     int limit = self->batch * self->parallel;
@@ -476,35 +549,9 @@ sync_push_start (sync_t *self)
         limit = 100;
     if (limit > 10000)
         limit = 10000;
+    self->push_limit = limit;
     cJSON *body = cJSON_CreateObject ();
     cJSON_AddNumberToObject (body, "limit", limit);
-    cJSON *reply = sync_call (self, "sync.pending", body, false);
-    if (!reply)
-        return -1;
-    cJSON *pending = cJSON_GetObjectItemCaseSensitive (reply, "pending");
-    self->pending = cJSON_IsNumber (pending) ? (int64_t) pending->valuedouble : 0;
-    cJSON *items = cJSON_GetObjectItemCaseSensitive (reply, "items");
-    int count = cJSON_GetArraySize (items);
-    if (count == 0) {
-        cJSON_Delete (reply);
-        zhashx_purge (self->suspects);
-        return 0;
-    }
-    sync_round_t *round = calloc (1, sizeof *round);
-    round->owner = self;
-    round->full = count >= limit;
-    round->synced = cJSON_CreateArray ();
-    round->marks = zlist_new ();
-    for (int i = 0; i < S_LEVELS; i++)
-        round->todo[i] = zlist_new ();
-    cJSON *item;
-    cJSON_ArrayForEach (item, items) s_plan_item (round, item);
-    cJSON_Delete (reply);
-    self->round = round;
     self->phase = SYNC_PUSHING;
-    //  Offline or Queuing stays so until a request goes through.
-    if (self->state == SYNC_ONLINE || self->state == SYNC_LOCAL_ONLY)
-        sync_set_state (self, SYNC_SYNCING, "pushing queued changes");
-    s_send_level (round);
-    return 1;
+    sync_read (self, "sync.pending", body, s_pending_done, self);
 }

@@ -3,8 +3,10 @@
     A tick every 100 ms decides what to do next, one thing at a time:
     refresh the token when it is about to expire, push while sync_queue
     holds rows (sync_push.c), pull every sync.pull_ms (sync_pull.c). Every
-    HTTP request goes through curl multi on this same loop (sync_http.c),
-    so nothing here ever waits for the hub. Store calls are local and short.
+    HTTP request goes through curl multi on this same loop (sync_http.c)
+    and every store request through a ccm_req on it, so nothing here ever
+    waits for the hub or the store: each step goes on in the callback of
+    the one before.
 
     A failure the hub may get over (no connection, 5xx, a garbled or cut
     response) waits sync.backoff_base_ms x 2^n, up to sync.backoff_max_ms,
@@ -27,23 +29,81 @@
 
 #define S_TICK_MS      100
 #define S_MAX_RESPONSE (64 * 1024 * 1024)
-#define S_REFRESH_SKEW 30  //  seconds before expiry a token is refreshed
+#define S_REFRESH_SKEW 30    //  seconds before expiry a token is refreshed
+#define S_FIND_MS      1000  //  how often this system's id is looked for until known
 
 static const char *const s_state_names[] = {"LocalOnly", "Online", "Offline", "Queuing", "Syncing"};
 
-cJSON *
-sync_call (sync_t *self, const char *verb, cJSON *body, bool write)
+bool
+sync_ok (const char *verb, int rc, cJSON *reply)
 {
-    if (write)
-        ccm_client_add_idem (body);
-    cJSON *reply = NULL;
-    int rc = ccm_client_call (self->store, verb, body, &reply);
-    cJSON_Delete (body);
     if (rc == 0)
-        return reply;
-    ccm_warn ("%s: %s", verb, ccm_client_strerror (rc, reply));
-    cJSON_Delete (reply);
-    return NULL;
+        return true;
+    if (rc != CCM_ECLOSED)
+        ccm_warn ("%s: %s", verb, ccm_client_strerror (rc, reply));
+    return false;
+}
+
+static void
+s_logged (void *arg, int rc, cJSON *reply)
+{
+    sync_ok ((const char *) arg, rc, reply);
+}
+
+void
+sync_read (sync_t *self, const char *verb, cJSON *body, ccm_req_fn *fn, void *arg)
+{
+    if (!fn) {
+        fn = s_logged;
+        arg = (void *) verb;
+    }
+    if (ccm_req_send (self->store, verb, &body, fn, arg))
+        fn (arg, CCM_EPROTO, NULL);
+}
+
+void
+sync_write (sync_t *self, const char *verb, cJSON *body, ccm_req_fn *fn, void *arg)
+{
+    ccm_client_add_idem (body);
+    sync_read (self, verb, body, fn, arg);
+}
+
+//  READY=1 once the first state is known and the store has it (the
+//  router's WaitConnection reads it there).
+static void
+s_maybe_ready (sync_t *self)
+{
+    if (self->ready || !self->settled || self->state_writes > 0 || self->state_unsent)
+        return;
+    self->ready = true;
+    ccm_info ("ready: state %s%s%s", s_state_names[self->state], *self->detail ? ": " : "",
+              self->detail);
+    ccm_notify ("READY=1");
+}
+
+static void
+s_state_written (void *arg, int rc, cJSON *reply)
+{
+    sync_t *self = (sync_t *) arg;
+    self->state_writes--;
+    if (rc == CCM_ECLOSED)
+        return;
+    //  Not recorded: the tick sends the state in force again.
+    self->state_unsent = !sync_ok ("sync.set_state", rc, reply);
+    s_maybe_ready (self);
+}
+
+//  Records the state in force in the store (sync.set_state).
+static void
+s_publish (sync_t *self)
+{
+    cJSON *body = cJSON_CreateObject ();
+    cJSON_AddStringToObject (body, "state", s_state_names[self->state]);
+    if (*self->detail)
+        cJSON_AddStringToObject (body, "detail", self->detail);
+    self->state_writes++;
+    self->state_unsent = false;
+    sync_write (self, "sync.set_state", body, s_state_written, self);
 }
 
 void
@@ -58,11 +118,16 @@ sync_set_state (sync_t *self, sync_state_t state, const char *detail)
     snprintf (self->detail, sizeof self->detail, "%s", detail);
     if (changed)
         ccm_info ("state %s%s%s", s_state_names[state], *detail ? ": " : "", detail);
-    cJSON *body = cJSON_CreateObject ();
-    cJSON_AddStringToObject (body, "state", s_state_names[state]);
-    if (*detail)
-        cJSON_AddStringToObject (body, "detail", detail);
-    cJSON_Delete (sync_call (self, "sync.set_state", body, true));
+    s_publish (self);
+}
+
+//  The first state is known (no hub, or what the hub's answer or silence
+//  told): READY=1 once the store has it.
+static void
+s_settle (sync_t *self)
+{
+    self->settled = true;
+    s_maybe_ready (self);
 }
 
 struct curl_slist *
@@ -105,17 +170,40 @@ s_excerpt (const char *text, size_t len, char *out, size_t size)
     out[n] = '\0';
 }
 
+//  curl's error without the " after N ms" (or milliseconds) it may carry:
+//  the same outage reads the same each time, so a steady Offline is one
+//  state, not a new detail at every try.
+static void
+s_steady_error (const char *error, char *out, size_t size)
+{
+    snprintf (out, size, "%s", error);
+    char *after = strstr (out, " after ");
+    if (!after)
+        return;
+    char *digits = after + 7;
+    size_t count = strspn (digits, "0123456789");
+    const char *units[] = {" milliseconds", " ms"};
+    for (int i = 0; count > 0 && i < 2; i++)
+        if (strncmp (digits + count, units[i], strlen (units[i])) == 0) {
+            char *rest = digits + count + strlen (units[i]);
+            memmove (after, rest, strlen (rest) + 1);
+            return;
+        }
+}
+
 sync_verdict_t
 sync_judge (const sync_http_resp_t *resp, char *why, size_t size)
 {
     if (resp->result != CURLE_OK) {
+        char error[CURL_ERROR_SIZE];
         switch (resp->result) {
             case CURLE_COULDNT_CONNECT:
             case CURLE_COULDNT_RESOLVE_HOST:
             case CURLE_COULDNT_RESOLVE_PROXY:
             case CURLE_OPERATION_TIMEDOUT:
             case CURLE_SEND_ERROR:
-                snprintf (why, size, "cannot reach the hub: %s", resp->error);
+                s_steady_error (resp->error, error, sizeof error);
+                snprintf (why, size, "cannot reach the hub: %s", error);
                 return SYNC_NET;
             default:
                 //  An answer came, but not a whole HTTP response: garbage, a
@@ -230,6 +318,7 @@ s_refresh_done (const sync_http_resp_t *resp, void *arg)
     sync_set_state (self, SYNC_QUEUING, detail);
     self->backoff_ms = self->backoff_max_ms;
     self->next_try_ms = zclock_mono () + self->backoff_max_ms;
+    s_settle (self);
 }
 
 static void
@@ -272,6 +361,7 @@ sync_after (sync_t *self, sync_verdict_t verdict, const char *why)
             sync_set_state (self, SYNC_SYNCING, "pushing queued changes");
         else
             sync_set_state (self, SYNC_ONLINE, "");
+        s_settle (self);
         return;
     }
     if (verdict == SYNC_AUTH) {
@@ -296,10 +386,32 @@ sync_after (sync_t *self, sync_verdict_t verdict, const char *why)
     int64_t jittered = wait / 2 + (int64_t) (random () % (wait / 2 + 1));
     self->next_try_ms = zclock_mono () + jittered;
     ccm_warn ("%s; next try in %lld ms", why, (long long) jittered);
+    s_settle (self);
+}
+
+static void
+s_found_me (void *arg, int rc, cJSON *reply)
+{
+    sync_t *self = (sync_t *) arg;
+    self->finding = false;
+    self->found_ms = zclock_mono ();
+    if (!sync_ok ("system.list", rc, reply))
+        return;
+    cJSON *system;
+    cJSON_ArrayForEach (system, cJSON_GetObjectItemCaseSensitive (reply, "systems"))
+    {
+        cJSON *mid = cJSON_GetObjectItemCaseSensitive (system, "machine_id");
+        cJSON *id = cJSON_GetObjectItemCaseSensitive (system, "id");
+        if (cJSON_IsString (mid) && cJSON_IsString (id)
+            && !strcmp (mid->valuestring, self->machine_id))
+            snprintf (self->me, sizeof self->me, "%s", id->valuestring);
+    }
+    if (*self->me)
+        ccm_info ("this system is %s", self->me);
 }
 
 //  Finds this system's id: sync.system_id, else the system registered with
-//  this machine's id (as the executor computes it).
+//  this machine's id (as the executor computes it), asked of the store.
 static void
 s_find_me (sync_t *self)
 {
@@ -328,18 +440,21 @@ s_find_me (sync_t *self)
             snprintf (machine_id, sizeof machine_id, "host-%.200s", host);
         }
     }
-    cJSON *reply = sync_call (self, "system.list", cJSON_CreateObject (), false);
-    cJSON *system;
-    cJSON_ArrayForEach (system, cJSON_GetObjectItemCaseSensitive (reply, "systems"))
-    {
-        cJSON *mid = cJSON_GetObjectItemCaseSensitive (system, "machine_id");
-        cJSON *id = cJSON_GetObjectItemCaseSensitive (system, "id");
-        if (cJSON_IsString (mid) && cJSON_IsString (id) && !strcmp (mid->valuestring, machine_id))
-            snprintf (self->me, sizeof self->me, "%s", id->valuestring);
+    snprintf (self->machine_id, sizeof self->machine_id, "%s", machine_id);
+    self->finding = true;
+    sync_read (self, "system.list", cJSON_CreateObject (), s_found_me, self);
+}
+
+void
+sync_idle (sync_t *self)
+{
+    if (self->state == SYNC_LOCAL_ONLY || self->state == SYNC_SYNCING)
+        sync_set_state (self, SYNC_ONLINE, "");
+    int64_t now = zclock_mono ();
+    if (now - self->last_pull_ms >= self->pull_ms) {
+        self->last_pull_ms = now;
+        sync_pull_start (self);
     }
-    cJSON_Delete (reply);
-    if (*self->me)
-        ccm_info ("this system is %s", self->me);
 }
 
 static int
@@ -354,15 +469,21 @@ s_tick (zloop_t *loop, int timer_id, void *arg)
         self->watchdog_ms = zclock_mono ();
         ccm_notify ("WATCHDOG=1");
     }
+    //  A state the store did not record goes again (the router reads it there).
+    if (self->state_unsent && self->state_writes == 0)
+        s_publish (self);
     if (self->phase != SYNC_IDLE)
         return 0;
     if (!s_load_cred (self)) {
         sync_set_state (self, SYNC_LOCAL_ONLY, "no hub configured: ccm sync login");
+        s_settle (self);
         return 0;
     }
-    if (!*self->me)
-        s_find_me (self);
     int64_t now = zclock_mono ();
+    if (!*self->me && !self->finding && now - self->found_ms >= S_FIND_MS)
+        s_find_me (self);
+    if (self->finding)
+        return 0;  //  who we are decides what is pushed, and how
     if (now < self->next_try_ms)
         return 0;
     if (self->cred.expires_at && (int64_t) time (NULL) >= self->cred.expires_at - S_REFRESH_SKEW) {
@@ -371,20 +492,10 @@ s_tick (zloop_t *loop, int timer_id, void *arg)
     }
     if (self->push_wanted || self->pending > 0) {
         self->push_wanted = false;
-        int rc = sync_push_start (self);
-        if (rc != 0) {
-            if (rc < 0)
-                self->next_try_ms = now + self->backoff_base_ms;
-            return 0;
-        }
+        sync_push_start (self);  //  with nothing pending, it goes on to sync_idle
+        return 0;
     }
-    if (self->state == SYNC_LOCAL_ONLY || self->state == SYNC_SYNCING)
-        sync_set_state (self, SYNC_ONLINE, "");
-    if (now - self->last_pull_ms >= self->pull_ms) {
-        self->last_pull_ms = now;
-        if (sync_pull_start (self) < 0)
-            self->next_try_ms = now + self->backoff_base_ms;
-    }
+    sync_idle (self);
     return 0;
 }
 
@@ -401,69 +512,96 @@ s_event (zloop_t *loop, zsock_t *reader, void *arg)
     return 0;
 }
 
-int
-sync_main (ccm_config_t *config)
+sync_t *
+sync_new (ccm_config_t *config)
 {
-    sync_t self = {.config = config, .state = SYNC_LOCAL_ONLY};
-    snprintf (self.detail, sizeof self.detail, "starting");
-    self.cred_path = strdup (ccm_config_str (config, "sync.credentials"));
-    self.cred_mtime_ns = -2;
-    self.batch = (int) ccm_config_int (config, "sync.batch");
-    self.batch = self.batch < 1 ? 1 : self.batch > 10000 ? 10000 : self.batch;
-    self.parallel = (int) ccm_config_int (config, "sync.parallel");
-    self.parallel = self.parallel < 1 ? 1 : self.parallel > 64 ? 64 : self.parallel;
-    self.max_retries = (int) ccm_config_int (config, "sync.max_retries");
-    self.pull_ms = ccm_config_int (config, "sync.pull_ms");
-    self.backoff_base_ms = ccm_config_int (config, "sync.backoff_base_ms");
-    self.backoff_max_ms = ccm_config_int (config, "sync.backoff_max_ms");
-    if (self.backoff_base_ms < 1)
-        self.backoff_base_ms = 1;
-    if (self.backoff_max_ms < self.backoff_base_ms)
-        self.backoff_max_ms = self.backoff_base_ms;
+    sync_t *self = calloc (1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->config = config;
+    self->state = SYNC_LOCAL_ONLY;
+    snprintf (self->detail, sizeof self->detail, "starting");
+    self->cred_path = strdup (ccm_config_str (config, "sync.credentials"));
+    self->cred_mtime_ns = -2;
+    self->batch = (int) ccm_config_int (config, "sync.batch");
+    self->batch = self->batch < 1 ? 1 : self->batch > 10000 ? 10000 : self->batch;
+    self->parallel = (int) ccm_config_int (config, "sync.parallel");
+    self->parallel = self->parallel < 1 ? 1 : self->parallel > 64 ? 64 : self->parallel;
+    self->max_retries = (int) ccm_config_int (config, "sync.max_retries");
+    self->pull_ms = ccm_config_int (config, "sync.pull_ms");
+    self->backoff_base_ms = ccm_config_int (config, "sync.backoff_base_ms");
+    self->backoff_max_ms = ccm_config_int (config, "sync.backoff_max_ms");
+    if (self->backoff_base_ms < 1)
+        self->backoff_base_ms = 1;
+    if (self->backoff_max_ms < self->backoff_base_ms)
+        self->backoff_max_ms = self->backoff_base_ms;
     const char *skills = ccm_config_str (config, "sync.skills_dir");
     const char *home = getenv ("HOME");
     if (*skills)
-        self.skills_dir = strdup (skills);
-    else if (asprintf (&self.skills_dir, "%s/.claude/skills", home ? home : "/root") < 0)
-        self.skills_dir = NULL;
-    self.push_wanted = true;
-    self.suspects = zhashx_new ();
+        self->skills_dir = strdup (skills);
+    else if (asprintf (&self->skills_dir, "%s/.claude/skills", home ? home : "/root") < 0)
+        self->skills_dir = NULL;
+    self->push_wanted = true;
+    self->suspects = zhashx_new ();
     srandom ((unsigned) (getpid () ^ zclock_mono ()));
     curl_global_init (CURL_GLOBAL_DEFAULT);
 
-    self.store = ccm_client_new (ccm_config_str (config, "store.endpoint"),
-                                 (int) ccm_config_int (config, "bus.timeout_ms"),
-                                 (int) ccm_config_int (config, "bus.retries"));
-    self.events = ccm_bus_sub_connect (ccm_config_str (config, "store.pub_endpoint"), "");
-    self.loop = zloop_new ();
-    self.http = self.loop ? sync_http_new (
-                    self.loop, (long) ccm_config_int (config, "sync.timeout_ms"), S_MAX_RESPONSE)
-                          : NULL;
-    int rc = 1;
-    if (self.store && self.events && self.http && self.cred_path && self.skills_dir) {
-        zloop_reader (self.loop, self.events, s_event, &self);
-        zloop_timer (self.loop, S_TICK_MS, 0, s_tick, &self);
-        ccm_info ("ready: credentials %s, batch %d, pull every %lld ms", self.cred_path, self.batch,
-                  (long long) self.pull_ms);
-        zloop_start (self.loop);
-        rc = 0;
+    self->loop = zloop_new ();
+    //  One request at a time, so in order (a cursor is never set back by a
+    //  late resend), each given up after bus.retries resends, as before.
+    self->store = self->loop ? ccm_req_new (self->loop, ccm_config_str (config, "store.endpoint"),
+                                            (int) ccm_config_int (config, "bus.timeout_ms"),
+                                            (int) ccm_config_int (config, "bus.retries"), 1)
+                             : NULL;
+    self->events = ccm_bus_sub_connect (ccm_config_str (config, "store.pub_endpoint"), "");
+    self->http = self->loop ? sync_http_new (
+                     self->loop, (long) ccm_config_int (config, "sync.timeout_ms"), S_MAX_RESPONSE)
+                            : NULL;
+    if (!self->store || !self->events || !self->http || !self->cred_path || !self->skills_dir) {
+        ccm_error ("cannot start: %s", !self->http ? "libcurl" : "the store's sockets");
+        sync_destroy (&self);
+        return NULL;
     }
-    else
-        ccm_error ("cannot start: %s", !self.http ? "libcurl" : "the store's sockets");
-    sync_round_destroy (&self.round);
-    sync_pull_destroy (&self.pull);
-    sync_http_destroy (&self.http);
-    zloop_destroy (&self.loop);
+    zloop_reader (self->loop, self->events, s_event, self);
+    zloop_timer (self->loop, S_TICK_MS, 0, s_tick, self);
+    return self;
+}
+
+int
+sync_run (sync_t *self)
+{
+    ccm_info ("started: credentials %s, batch %d, pull every %lld ms", self->cred_path, self->batch,
+              (long long) self->pull_ms);
+    zloop_start (self->loop);
+    //  What the store has not answered yet (marks, the last state) gets a
+    //  moment; an HTTP request a callback starts now is dropped.
+    int64_t timeout = ccm_config_int (self->config, "bus.timeout_ms");
+    ccm_req_flush (self->store, (int) (timeout < 2000 ? timeout : 2000));
     ccm_info ("stopping: %llu rows pushed, %llu parked, %llu rows pulled, %llu failures",
-              (unsigned long long) self.pushed, (unsigned long long) self.parked,
-              (unsigned long long) self.pulled, (unsigned long long) self.failures);
-    zsock_destroy (&self.events);
-    ccm_client_destroy (&self.store);
-    zhashx_destroy (&self.suspects);
-    cJSON_Delete (self.meta);
-    ccm_cred_clear (&self.cred);
-    free (self.cred_path);
-    free (self.skills_dir);
+              (unsigned long long) self->pushed, (unsigned long long) self->parked,
+              (unsigned long long) self->pulled, (unsigned long long) self->failures);
+    return 0;
+}
+
+void
+sync_destroy (sync_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    sync_t *self = *self_p;
+    //  First: its callbacks (CCM_ECLOSED) still see the round and the pass.
+    ccm_req_destroy (&self->store);
+    sync_round_destroy (&self->round);
+    sync_pull_destroy (&self->pull);
+    sync_http_destroy (&self->http);
+    zloop_destroy (&self->loop);
+    zsock_destroy (&self->events);
+    zhashx_destroy (&self->suspects);
+    cJSON_Delete (self->meta);
+    ccm_cred_clear (&self->cred);
+    free (self->cred_path);
+    free (self->skills_dir);
+    free (self);
+    *self_p = NULL;
     curl_global_cleanup ();
-    return rc;
 }

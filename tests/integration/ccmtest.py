@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -265,6 +266,39 @@ def wait_until(predicate, timeout, interval=0.05):
         time.sleep(interval)
 
 
+class NotifySocket:
+    """systemd's end of sd_notify: a unix datagram socket a service started
+    with NOTIFY_SOCKET=path sends READY=1 (and WATCHDOG=1, ...) to."""
+
+    def __init__(self, path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.messages = []  # every datagram received, in order
+
+    def wait(self, line, timeout):
+        """Reads datagrams until one holds line (e.g. "READY=1"); True at once
+        when it comes, False after timeout."""
+        deadline = time.monotonic() + timeout
+        while not any(line in m.split("\n") for m in self.messages):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.sock.settimeout(left)
+            try:
+                self.messages.append(self.sock.recv(4096).decode("utf-8", "replace"))
+            except socket.timeout:
+                return False
+        return True
+
+    def close(self):
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
 class Home:
     """A temporary CCM_HOME and the processes started on it."""
 
@@ -282,6 +316,7 @@ class Home:
         self.stderr_path = os.path.join(self.path, "store.stderr")
         self._client = None
         self._dbs = []
+        self._notify = []
 
     # ----------------------------------------------------------------- paths
 
@@ -439,6 +474,15 @@ class Home:
             seq = page["events"][-1]["seq"]
         raise AssertionError("events.since never ended")
 
+    # ------------------------------------------------------------ readiness
+
+    def notify_socket(self, name="notify"):
+        """A NotifySocket in this home (closed at cleanup): give a service
+        NOTIFY_SOCKET=its path to hear its READY=1 as systemd would."""
+        sock = NotifySocket(os.path.join(self.path, f"{name}.sock"))
+        self._notify.append(sock)
+        return sock
+
     # -------------------------------------------------------------- the CLI
 
     def private_bin(self, names=("ccm", "ccm-store")):
@@ -586,6 +630,9 @@ class Home:
         for con in self._dbs:
             con.close()
         self._dbs = []
+        for sock in self._notify:
+            sock.close()
+        self._notify = []
         self.ctx.destroy(linger=0)
         if os.environ.get("CCM_TEST_KEEP"):
             sys.stderr.write(f"[ccmtest] kept {self.path}\n")

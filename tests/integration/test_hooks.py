@@ -111,14 +111,18 @@ class HooksTestCase(ccmtest.CcmTestCase):
 
     # -------------------------------------------------------- the ingester
 
-    def start_ingester(self):
-        """Starts ccm-hooks on the home; returns once its socket accepts."""
+    def start_ingester(self, wait=True, **env):
+        """Starts ccm-hooks on the home (env added to its environment);
+        returns once its socket accepts (at once if not wait)."""
         with open(self.ingester_stderr, "ab") as err:
             err.write(f"--- ccm-hooks started by the test at {time.time():.3f}\n".encode())
             err.flush()
-            proc = subprocess.Popen([HOOKS_BIN], env=self.home.env, stdin=subprocess.DEVNULL,
-                                    stdout=err, stderr=err, cwd=self.home.path)
+            proc = subprocess.Popen([HOOKS_BIN], env=dict(self.home.env, **env),
+                                    stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                    cwd=self.home.path)
         self.ingesters.append(proc)
+        if not wait:
+            return proc
 
         def accepting():
             if proc.poll() is not None:
@@ -428,6 +432,60 @@ class TestHooks(HooksTestCase):
         wait_for("the spool files to be removed", self.drained, 10, diagnose=self.diagnose)
         time.sleep(1.2)  # one more spool scan: nothing is read twice
         self.assertEqual(self.home.scalar("SELECT count(*) FROM hook_events"), count)
+
+    def test_ready_once_it_serves(self):
+        """READY=1 (systemd's notify protocol) comes once the ingester serves:
+        its socket takes records and what waited in the spool was read back.
+        The store is not needed for that: with the store down it is ready all
+        the same, and the events reach the store once it is back."""
+        count = 4  # big ones: reading them back takes a while
+        env = self.hook_env(agent=str(uuid.uuid4()))
+        for i in range(count):
+            self.hook(json.dumps({"hook_event_name": "PostToolUse", "marker": f"before-{i}",
+                                  "tool_response": "z" * (4 << 20)}).encode(), env=env)
+        self.assertEqual(len(self.spooled()), count)
+        self.home.kill9()
+        notify = self.home.notify_socket()
+        ingester = self.start_ingester(wait=False, NOTIFY_SOCKET=notify.path)
+        self.assertTrue(notify.wait("READY=1", WAIT), "no READY=1:\n" + self.diagnose())
+        # Right then, with no wait: the socket takes a record, and the spool
+        # was read before.
+        self.raw_client(None).close()
+        with open(self.ingester_stderr, encoding="utf-8", errors="replace") as f:
+            log = f.read()
+        self.assertIn(f"read {count} spool/journal file(s)", log)
+        self.assertIn("ready: listening", log)
+        self.assertEqual(notify.messages.count("READY=1"), 1)
+        self.home.start()
+        rows = self.wait_rows(count, "json_extract(event_data, '$.marker') LIKE 'before-%'")
+        self.assertEqual(len(rows), count)
+        wait_for("the spool to be drained", self.drained, 10, diagnose=self.diagnose)
+        self.assertAlive(ingester)
+
+    def test_ccm_up_detach_returns_once_the_ingester_serves(self):
+        """`ccm up --detach` gives each service a NOTIFY_SOCKET of its own and
+        returns only once every one said READY=1: the hook socket takes records
+        the moment it returns, with no wait."""
+        bin_dir = self.home.private_bin(("ccm", "ccm-store", "ccm-hooks", "ccm-hook"))
+        self.home.stop()  # ccm up starts its own store
+        self.home.close_client()
+        code, out, err = self.home.run_cli("up", "--detach", timeout=30, bin_dir=bin_dir)
+        self.addCleanup(self.home.run_cli, "down", timeout=30)
+        self.assertEqual(code, 0, err)
+        self.assertIn("ccm is up", out)
+        self.raw_client(None).close()  # no retry: it already listens
+        with open(os.path.join(self.home.path, "log", "ccm.log"), encoding="utf-8",
+                  errors="replace") as f:
+            log = f.read()
+        for name in ("ccm-store", "ccm-hooks"):
+            self.assertIn(f"{name} is ready (pid", log)
+        self.assertIn("every service is ready", log)
+        ok = subprocess.run([os.path.join(bin_dir, "ccm-hook")],
+                            input=json.dumps({"hook_event_name": "Stop", "marker": "up"}).encode(),
+                            env=self.home.env, capture_output=True, timeout=HOOK_TIMEOUT)
+        self.assertEqual(ok.returncode, 0)
+        self.wait_rows(1, "json_extract(event_data, '$.marker') = 'up'")
+        self.assertEqual(self.home.run_cli("down", timeout=30)[0], 0)
 
     # ---------------------------------------------------------------- 5
 

@@ -528,6 +528,31 @@ class TestScopeAndLogin(SyncTestCase):
         self.assertGreater(a.pending(), 0)
 
 
+class TestReady(SyncTestCase):
+
+    def test_ready_once_the_first_state_is_recorded(self):
+        """READY=1 comes once ccm-sync knows its first state and the store has
+        it (the router reads it there): LocalOnly with no hub; with the hub
+        away, Offline, as soon as the first request to it failed."""
+        a = Machine(self, "a", self.hub)
+        notify = a.home.notify_socket("notify-1")
+        a.start_sync(NOTIFY_SOCKET=notify.path)
+        self.assertTrue(notify.wait("READY=1", WAIT), a.log())
+        sync = a.home.ok("sync.state")["sync"]
+        self.assertEqual(sync["state"], "LocalOnly")
+        self.assertIn("no hub configured", sync.get("detail") or "")
+        a.stop_sync()
+        a.login("alice@example.com", "alice-pw")
+        self.hub.stop_server()  # setUp starts it again for the next test
+        notify = a.home.notify_socket("notify-2")
+        a.start_sync(NOTIFY_SOCKET=notify.path)
+        self.assertTrue(notify.wait("READY=1", WAIT), a.log())
+        self.assertEqual(a.state(), "Offline")
+        self.assertIn("ready: state Offline", a.log())
+        self.hub.start_server()
+        a.wait_drained()
+
+
 class TestUp(SyncTestCase):
 
     def sync_pids(self, home):
@@ -549,7 +574,10 @@ class TestUp(SyncTestCase):
         self.assertEqual(rc, 0, err)
         code, out, err = home.run_cli("up", "--detach", timeout=30, bin_dir=bin_dir)
         self.assertEqual(code, 0, err)
-        wait_for("ccm-sync started by ccm up", lambda: self.sync_pids(home))
+        # It returned once ccm-sync said READY=1: it runs, and its first
+        # exchange with the hub is recorded.
+        self.assertEqual(len(self.sync_pids(home)), 1)
+        self.assertIn(home.ok("sync.state")["sync"]["state"], ("Online", "Syncing"))
         wait_for("Online", lambda: home.ok("sync.state")["sync"]["state"] == "Online")
         self.assertEqual(home.run_cli("down", timeout=30)[0], 0)
         self.assertEqual(home.processes(), [])
