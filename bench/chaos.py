@@ -18,8 +18,8 @@ fresh CCM_HOME. It prints, faulty next to fault-free:
     the same service's start-up to its first answer when ccm up started it
     in this run;
   - for each executor fault (kill -9, SIGSTOP), the time from it to each of
-    its tasks running elsewhere (a run of the task starting on another
-    system), next to the limit: router.liveness x router.heartbeat_ms (3 s,
+    the tasks it held (assigned or running) running elsewhere (a run of the
+    task starting on another system), next to the limit: router.liveness x router.heartbeat_ms (3 s,
     the soonest a silent executor counts as lost) plus the fault-free run's
     median dispatch (task created -> its agent's first instruction);
   - what each fault costs: runs cut short, extra runs, tasks failed, and the
@@ -155,19 +155,36 @@ def alive_at(run, t):
                                                                or run["end"] > t)
 
 
+def held_at(result, system, t):
+    """The tasks the system held (assigned or executing) at time t, from the
+    task_events: an assignment routed to it, with no move away before t."""
+    short = system[:8]
+    holder = {}
+    for task, kind, reason, at in result.get("task_events", []):
+        if ccmtest.iso_to_epoch(at) > t:
+            continue
+        if kind == "assigned":
+            holder[task] = short if f"system {short}" in (reason or "") else None
+        elif kind != "started":
+            holder[task] = None
+    return [task for task, by in holder.items() if by == short]
+
+
 def failover(result, fault):
-    """[(task, seconds to a run elsewhere | None, how its run there ended)] for
-    the tasks the faulted executor ran at the moment of the fault."""
+    """[(task, seconds to a run elsewhere | None, what became of it)] for the
+    tasks the faulted executor held at the moment of the fault."""
     system = result["systems"].get(fault["target"])
     t = fault["t"]
-    out = []
     runs = list(result["runs"].values())
-    for run in runs:
-        if run["system"] != system or not alive_at(run, t):
-            continue
-        later = sorted(r["start"] for r in runs if r["task"] == run["task"] and r["start"]
+    out = []
+    for task in held_at(result, system, t):
+        mine = [r for r in runs if r["task"] == task and r["system"] == system
+                and r["start"] is not None and r["start"] <= t + 30]
+        later = sorted(r["start"] for r in runs if r["task"] == task and r["start"]
                        and r["start"] > t and r["system"] != system)
-        out.append((run["task"], later[0] - t if later else None, run["how"]))
+        here = ", ".join(f"its run there {'from before' if r['start'] <= t else 'after'} the "
+                         f"fault ended: {r['how']}" for r in mine) or "no run there"
+        out.append((task, later[0] - t if later else None, here))
     return out
 
 
@@ -262,13 +279,13 @@ def main():
         found = failover(faulty, fault)
         what = "kill -9" if fault["kind"] == "kill" else f"SIGSTOP {fault['length']} s"
         print(f"    {what} {fault['target']} at {fault['t'] - faulty['t0']:5.1f} s: "
-              f"{len(found)} tasks running there")
+              f"{len(found)} tasks held there")
         for task, seconds, how in found:
             if seconds is not None:
                 moves.append(seconds)
             where = (f"running elsewhere after {seconds:6.2f} s" if seconds is not None
                      else "not run elsewhere")
-            print(f"      task {task[:8]}: {where}; its run there ended: {how}")
+            print(f"      task {task[:8]}: {where}; {how}")
 
     print("\n  what each fault cost       in flight  runs cut  extra runs  failed  extra "
           "end-to-end (median, vs fault-free)")
@@ -284,6 +301,12 @@ def main():
     print("\n  broken promises            faulty  fault-free")
     for key in bad_f:
         print(f"    {key:<26} {bad_f[key]:5d}   {bad_c[key]:5d}")
+    for label, result in (("faulty", faulty), ("fault-free", clean)):
+        names = {v: k for k, v in result["systems"].items()}
+        for task, a, b, both in chaos.overlaps(result):
+            a, b = (dict(r, system=names.get(r["system"], r["system"][:8])) for r in (a, b))
+            print(f"    {label}: task {task[:8]}: {chaos.describe_run(a, result['t0'])} and "
+                  f"{chaos.describe_run(b, result['t0'])}, together {both:.2f} s")
     total_f, total_c = sum(bad_f.values()), sum(bad_c.values())
     rec = [x for x in recoveries if x == x]
     print(f"\nRESULT bench/chaos seed={SEED}: {tpm_f:.1f} tasks/min with faults, {tpm_c:.1f} "

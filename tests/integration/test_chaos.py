@@ -490,9 +490,9 @@ class ChaosRun:
                            for row in self.home.query(
                                "SELECT id, status, attempts, status_reason, locked_by,"
                                " created_at, completed_at, updated_at FROM tasks")]
-        result["assigned"] = self.home.query(
-            "SELECT task_id, json_extract(event_data, '$.reason'), created_at FROM task_events"
-            " WHERE event_type = 'assigned' ORDER BY rowid")
+        result["task_events"] = self.home.query(
+            "SELECT task_id, event_type, json_extract(event_data, '$.reason'), created_at"
+            " FROM task_events ORDER BY rowid")
         result["markers"] = dict(self.home.query(
             "SELECT json_extract(event_data, '$.chaos_marker') AS m, count(*) FROM hook_events"
             " WHERE m IS NOT NULL GROUP BY m"))
