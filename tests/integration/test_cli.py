@@ -498,12 +498,12 @@ class Supervision(ccmtest.CcmTestCase):
         self.assertFalse([v for v in ccmtest._proc_environ(pids["executor"])
                           if v.startswith(b"CCM_EXECUTOR_")], "instance 1 keeps config.json's")
 
+        killed = time.time()
         os.kill(pids["executor-2"], signal.SIGKILL)
         again = sup.wait_service("executor-2", not_pid=pids["executor-2"])
         self.assertTrue(again, "ccm up restarted executor #2:\n" + sup.log_tail())
         self.assertEqual(sup.services()["executor-3"], pids["executor-3"], "the others ran on")
         probe = sup.probe_for("executor-2")
-        killed = time.time()
         self.assertTrue(ccmtest.wait_until(lambda: (probe() or 0) > killed, 15),
                         "the restarted executor registered its system again")
         self.assertIn(f"started {ccmtest.BIN_DIR}/ccm-executor #2 (pid {again})", sup.log_text())
