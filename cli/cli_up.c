@@ -28,6 +28,7 @@
 
 #include "ccm_bus.h"
 #include "ccm_id.h"
+#include "ccm_msg.h"
 #include "ccm_notify.h"
 
 #include <czmq.h>
@@ -261,23 +262,12 @@ s_instance_env (cli_t *cli, s_service_t *service, int instance)
 
     char path[PATH_MAX + 32], *problem = NULL;
     snprintf (path, sizeof path, "%s/executor-%d.json", ccm_config_home (cli->config), instance);
-    FILE *file = fopen (path, "rb");
-    if (!file)
-        return errno == ENOENT || asprintf (&problem, "%s: %s", path, strerror (errno)) < 0
+    int error_no;
+    cJSON *json = ccm_json_read_file (path, &error_no);
+    if (error_no)
+        return error_no == ENOENT || asprintf (&problem, "%s: %s", path, strerror (error_no)) < 0
                    ? NULL
                    : problem;
-    char *text = NULL;
-    size_t size = 0;
-    FILE *mem = open_memstream (&text, &size);
-    char buf[4096];
-    size_t n;
-    while (mem && (n = fread (buf, 1, sizeof buf, file)) > 0)
-        fwrite (buf, 1, n, mem);
-    if (mem)
-        fclose (mem);
-    fclose (file);
-    cJSON *json = text ? cJSON_Parse (text) : NULL;
-    free (text);
     if (!cJSON_IsObject (json)) {
         cJSON_Delete (json);
         return asprintf (&problem, "%s: not a JSON object", path) < 0 ? NULL : problem;

@@ -7,6 +7,7 @@
 
 #include "ccm_config.h"
 #include "ccm_log.h"
+#include "ccm_msg.h"
 
 #include <assert.h>
 #include <stdarg.h>
@@ -258,30 +259,16 @@ s_load_file (ccm_config_t *self)
     char *path = s_printf ("%s/config.json", self->home);
     if (!path)
         return strdup ("out of memory");
-    FILE *file = fopen (path, "rb");
-    if (!file) {
-        char *problem = errno == ENOENT ? NULL : s_printf ("%s: %s", path, strerror (errno));
-        free (path);
-        return problem;
-    }
-    char *text = NULL;
-    size_t size = 0;
-    FILE *mem = open_memstream (&text, &size);
-    char buf[4096];
-    size_t n;
-    while (mem && (n = fread (buf, 1, sizeof buf, file)) > 0)
-        fwrite (buf, 1, n, mem);
-    if (mem)
-        fclose (mem);
-    fclose (file);
+    int error_no;
+    cJSON *json = ccm_json_read_file (path, &error_no);
     char *problem = NULL;
-    cJSON *json = text ? cJSON_Parse (text) : NULL;
-    if (!json || !cJSON_IsObject (json))
+    if (error_no)
+        problem = error_no == ENOENT ? NULL : s_printf ("%s: %s", path, strerror (error_no));
+    else if (!cJSON_IsObject (json))
         problem = s_printf ("%s: not a JSON object", path);
     else
         problem = s_apply_json (self, "", json, path);
     cJSON_Delete (json);
-    free (text);
     free (path);
     return problem;
 }

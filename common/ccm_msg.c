@@ -2,11 +2,36 @@
 
 #include "ccm_msg.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+cJSON *
+ccm_json_read_file (const char *path, int *error_no)
+{
+    *error_no = 0;
+    FILE *file = fopen (path, "rb");
+    if (!file) {
+        *error_no = errno;
+        return NULL;
+    }
+    char *text = NULL;
+    size_t size = 0;
+    FILE *mem = open_memstream (&text, &size);
+    char chunk[8192];
+    size_t n;
+    while (mem && (n = fread (chunk, 1, sizeof chunk, file)) > 0)
+        fwrite (chunk, 1, n, mem);
+    if (mem)
+        fclose (mem);
+    fclose (file);
+    cJSON *json = text ? cJSON_Parse (text) : NULL;
+    free (text);
+    return json;
+}
 
 int
 ccm_fail (ccm_error_t *err, const char *code, const char *field, const char *format, ...)

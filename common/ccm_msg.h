@@ -40,6 +40,11 @@ cJSON *ccm_msg_parse_body (const void *data, size_t size, size_t max, ccm_error_
 //  Builds an error reply body {"v":1,"error":{code,field,message}}; caller owns.
 cJSON *ccm_msg_error_body (const ccm_error_t *err);
 
+//  Reads the file at path as one JSON value. Returns it (caller owns), or
+//  NULL with *error_no set: errno if the file cannot be opened (ENOENT: it
+//  does not exist), 0 if it is not valid JSON.
+cJSON *ccm_json_read_file (const char *path, int *error_no);
+
 //  True if bytes are valid UTF-8 (no overlongs, no surrogates).
 bool ccm_utf8_valid (const char *bytes, size_t size);
 

@@ -10,6 +10,7 @@
 #include "exec_internal.h"
 
 #include "ccm_log.h"
+#include "ccm_msg.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -163,21 +164,9 @@ exec_claude_trust (const char *config_dir, const char *worktree)
     char path[PATH_MAX], temp[PATH_MAX + 8];
     snprintf (path, sizeof path, "%s/.claude.json", config_dir);
     snprintf (temp, sizeof temp, "%s.ccm-tmp", path);
-    cJSON *root = NULL;
-    FILE *file = fopen (path, "rb");
-    if (file) {
-        char *text = NULL;
-        size_t size = 0;
-        FILE *mem = open_memstream (&text, &size);
-        char chunk[8192];
-        size_t n;
-        while (mem && (n = fread (chunk, 1, sizeof chunk, file)) > 0)
-            fwrite (chunk, 1, n, mem);
-        if (mem)
-            fclose (mem);
-        fclose (file);
-        root = text ? cJSON_Parse (text) : NULL;
-        free (text);
+    int error_no;
+    cJSON *root = ccm_json_read_file (path, &error_no);
+    if (!error_no) {
         if (!cJSON_IsObject (root)) {
             //  Never overwrite a file we cannot read: the user's settings are in it.
             ccm_warn ("%s is not a JSON object; trust not pre-accepted", path);
@@ -185,7 +174,7 @@ exec_claude_trust (const char *config_dir, const char *worktree)
             return -1;
         }
     }
-    else if (errno == ENOENT)
+    else if (error_no == ENOENT)
         root = cJSON_CreateObject ();
     else
         return -1;

@@ -434,21 +434,10 @@ static cJSON *
 s_load_profiles (const char *path, char **error)
 {
     *error = NULL;
-    FILE *file = fopen (path, "rb");
-    if (!file)
-        return NULL;
-    char *text = NULL;
-    size_t size = 0;
-    FILE *mem = open_memstream (&text, &size);
-    char chunk[4096];
-    size_t n;
-    while (mem && (n = fread (chunk, 1, sizeof chunk, file)) > 0)
-        fwrite (chunk, 1, n, mem);
-    if (mem)
-        fclose (mem);
-    fclose (file);
-    cJSON *json = text ? cJSON_Parse (text) : NULL;
-    free (text);
+    int error_no;
+    cJSON *json = ccm_json_read_file (path, &error_no);
+    if (error_no)
+        return NULL;  //  no profiles file: the built-in profiles only
     if (!cJSON_IsObject (json)) {
         ccm_set_error (error, "%s: not a JSON object of profiles", path);
         cJSON_Delete (json);
